@@ -1,0 +1,181 @@
+"""Language-model training: the LM objective plugged into the shared trainer, and the run setup
+(new run, resume, or fine-tune from another run's weights)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import genlab
+from genlab import runs
+from genlab.config import DataConfig, TrainConfig, lm_config, write_json
+from genlab.data import prepare as prep
+from genlab.data import tokenizer as tokmod
+from genlab.device import init_distributed, seed_everything
+from genlab.errors import ConfigError, RunError
+from genlab.models.transformer import LMConfig, Transformer
+from genlab.train.trainer import TrainResult, console, train
+
+
+class LMTask:
+    family = "lm"
+    unit = "tok"
+    metric_names = ("loss", "perplexity", "bits_per_byte")
+
+    def __init__(self, model: Transformer, data: prep.Prepared, batch_size: int, eval_batches: int,
+                 sample_tokens: int = 200) -> None:
+        self.model = model
+        self.data = data
+        self.batch_size = batch_size
+        self.eval_batches = eval_batches
+        self.sample_tokens = sample_tokens
+        self.train_tokens = data.tokens("train")
+        self.val_tokens = data.tokens("val")
+        self.tokenizer = data.tokenizer()
+        context = model.cfg.context
+        if len(self.train_tokens) <= context + 1:
+            raise ConfigError(f"the corpus has {len(self.train_tokens)} training tokens, fewer than the context "
+                              f"({context}); give more text or a smaller --context")
+
+    def train_batch(self, rng: np.random.Generator):
+        return prep.sample_batch(self.train_tokens, self.batch_size, self.model.cfg.context, rng)
+
+    def loss(self, model, batch):
+        x, y = (t.to(self.device) for t in batch)
+        logits = model(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        return loss, y.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed.weight.device
+
+    def evaluate(self, model) -> dict[str, float]:
+        x, y = prep.eval_windows(self.val_tokens, self.model.cfg.context, self.eval_batches * self.batch_size)
+        total, count = 0.0, 0
+        for i in range(0, len(x), self.batch_size):
+            xb, yb = x[i : i + self.batch_size].to(self.device), y[i : i + self.batch_size].to(self.device)
+            logits = model(xb)
+            total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), yb.reshape(-1), reduction="sum").item()
+            count += yb.numel()
+        loss = total / count
+        bpb = loss / math.log(2) / self.data.meta["bytes_per_token"]
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": bpb}
+
+    def sample(self, model, step: int, out_dir: Path) -> None:
+        from genlab.generate.text import LanguageModel
+
+        lm = LanguageModel(model, self.tokenizer)
+        text = lm.generate("", max_tokens=self.sample_tokens, temperature=0.8, top_k=50, seed=step)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_bytes(out_dir / f"step_{step:06d}.txt", text.encode())
+
+
+@dataclass
+class LMTrainSpec:
+    """Everything `genlab train lm` needs; the CLI only fills it in."""
+
+    run: Path
+    data: DataConfig = field(default_factory=DataConfig)
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)
+    train: TrainConfig | None = None
+    resume: bool = False
+    init_from: Path | None = None
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def build_model(cfg: LMConfig, seed: int) -> Transformer:
+    seed_everything(seed)
+    return Transformer(cfg)
+
+
+def train_lm(spec: LMTrainSpec) -> TrainResult:
+    run = Path(spec.run)
+    tcfg = spec.train
+    if tcfg is None:
+        raise ConfigError("no training config given")
+    tcfg.validate()
+    dist = init_distributed(tcfg.device)
+    log = (lambda m: console.print(m)) if dist.is_main and not spec.quiet else (lambda m: None)
+
+    if spec.resume:
+        saved = runs.read_config(run, family="lm")
+        model_cfg = LMConfig.from_dict(saved["model"])
+        data_cfg = DataConfig(**saved["data"]["config"])
+        tok = tokmod.load(run / runs.TOKENIZER)
+        # A resumed run keeps its own settings; only the budget may be extended.
+        saved_train = TrainConfig.from_dict(saved["train"])
+        saved_train.steps, saved_train.minutes = tcfg.steps, tcfg.minutes
+        saved_train.device, saved_train.compile = tcfg.device, tcfg.compile
+        tcfg = saved_train
+    else:
+        if (run / runs.CONFIG).exists() and not spec.overwrite:
+            raise RunError(f"run '{run}' already exists; continue it with --resume, or pick another --out "
+                           f"(or pass --overwrite to replace it)")
+        data_cfg = spec.data
+        tok = None
+        base_cfg: LMConfig | None = None
+        if spec.init_from is not None:
+            parent = runs.read_config(spec.init_from, family="lm")
+            tok = tokmod.load(Path(spec.init_from) / runs.TOKENIZER)
+            base_cfg = LMConfig.from_dict(parent["model"])
+            if spec.model_overrides:
+                changed = {k for k, v in spec.model_overrides.items()
+                           if v is not None and k not in ("dropout", "context") and getattr(base_cfg, k) != v}
+                if changed:
+                    raise ConfigError(f"--init-from keeps the parent's architecture; cannot change "
+                                      f"{', '.join(sorted(changed))}")
+
+    # Rank 0 prepares (or finds cached) data; the other ranks read the cache it wrote.
+    if not dist.is_main:
+        dist.barrier()
+    data = prep.prepare(data_cfg, tok=tok, log=log)
+    if dist.is_main:
+        dist.barrier()
+
+    if not spec.resume:
+        vocab = data.meta["vocab_size"]
+        if spec.init_from is not None:
+            model_cfg = LMConfig.from_dict(base_cfg.to_dict())  # type: ignore[union-attr]
+            for k in ("dropout", "context"):
+                if spec.model_overrides.get(k) is not None:
+                    setattr(model_cfg, k, spec.model_overrides[k])
+        else:
+            overrides = dict(spec.model_overrides)
+            overrides["vocab_size"] = vocab
+            model_cfg = lm_config(spec.preset, **overrides)
+        if model_cfg.vocab_size != vocab:
+            raise ConfigError(f"model vocabulary {model_cfg.vocab_size} != tokenizer vocabulary {vocab}")
+        if dist.is_main:
+            if spec.overwrite and run.exists():
+                shutil.rmtree(run)
+            run.mkdir(parents=True, exist_ok=True)
+            write_json(run / runs.CONFIG, {
+                "family": "lm",
+                "genlab_version": genlab.__version__,
+                "preset": spec.preset,
+                "model": model_cfg.to_dict(),
+                "train": tcfg.to_dict(),
+                "data": {"config": data_cfg.to_dict(), "fingerprint": data.fingerprint,
+                         "train_tokens": data.meta["train_tokens"], "val_tokens": data.meta["val_tokens"],
+                         "tokenizer": data.meta["tokenizer"], "bytes_per_token": data.meta["bytes_per_token"]},
+                "init_from": str(spec.init_from) if spec.init_from else None,
+                "world_size": dist.world_size,
+            })
+            shutil.copyfile(data.tokenizer_path, run / runs.TOKENIZER)
+        dist.barrier()
+
+    model = build_model(model_cfg, tcfg.seed)
+    if spec.init_from is not None and not spec.resume:
+        runs.load_weights(spec.init_from, model)
+        log(f"initialised from {spec.init_from}")
+    task = LMTask(model, data, tcfg.batch_size, tcfg.eval_batches)
+    return train(task, tcfg, run, resume=spec.resume, quiet=spec.quiet, dist=dist)
