@@ -60,8 +60,9 @@ def prepare(cfg: DataConfig, tok: Tokenizer | None = None, log=print) -> Prepare
     if not 0.0 < cfg.val_fraction < 0.5:
         raise ConfigError(f"val_fraction must be in (0, 0.5) (got {cfg.val_fraction})")
     sources = corpus.resolve(cfg.corpus)
+    corpus_fp = corpus.fingerprint(sources)
     h = hashlib.sha256()
-    h.update(f"v{FORMAT_VERSION}|{corpus.fingerprint(sources)}|{cfg.val_fraction}|".encode())
+    h.update(f"v{FORMAT_VERSION}|{corpus_fp}|{cfg.val_fraction}|".encode())
     if tok is not None:
         h.update(b"given-tokenizer|" + tok.to_str().encode())
     else:
@@ -83,7 +84,9 @@ def prepare(cfg: DataConfig, tok: Tokenizer | None = None, log=print) -> Prepare
 
     encoded = [np.asarray(e.ids + [eot], dtype=dtype) for e in tok.encode_batch(docs)]
     total = sum(len(e) for e in encoded)
-    rng = np.random.default_rng(int(fp[:8], 16))
+    # The split depends on the corpus alone, not the tokenizer: a run resumed or fine-tuned with a
+    # given tokenizer sees the same documents on each side.
+    rng = np.random.default_rng(int(corpus_fp[:8], 16))
     if len(encoded) >= 10:
         # Whole documents go to validation until it holds val_fraction of the tokens.
         order = rng.permutation(len(encoded))

@@ -39,6 +39,7 @@ class SamplingOptions:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eot: bool = False  # keep going past <|endoftext|> (benchmarks, fixed-length output)
 
     def validate(self) -> None:
         if self.max_tokens < 0:
@@ -147,7 +148,7 @@ class LanguageModel:
         for _ in range(opts.max_tokens):
             history = tokens[0, -ctx:] if opts.repetition_penalty != 1.0 else None
             tok = next_token(logits.cpu(), opts, history.cpu() if history is not None else None, gen)
-            if tok == self.eot:
+            if tok == self.eot and not opts.ignore_eot:
                 info.finish_reason = "stop"
                 break
             out.append(tok)

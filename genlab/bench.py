@@ -1,0 +1,183 @@
+"""Speed benchmarks. Every figure is measured here, side by side in one run, and appended to
+BENCHMARKS.md with the command, the machine and the date; tests never time anything.
+
+- train-lm: tokens/s of the real trainer on the fortunes corpus, and model FLOPs utilisation (MFU)
+  against the matmul peak measured in the same run.
+- generate: decode tokens/s of the real generation path with and without the KV cache.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from genlab.config import DataConfig, TrainConfig, lm_config
+from genlab.models.transformer import LMConfig
+
+console = Console(stderr=True)
+
+# nanoGPT's published CPU config (README, "I only have a macbook"): 4 layers, 4 heads, 128 wide,
+# context 64, batch 12, character tokenizer, no dropout.
+NANOGPT_CPU = dict(n_layer=4, n_head=4, n_kv_head=4, d_model=128, context=64, dropout=0.0)
+BENCH_CONFIGS = {
+    "tiny": ("tiny", {}, "bpe", 16),
+    "small": ("small", {}, "bpe", 16),
+    "nanogpt-cpu": ("tiny", NANOGPT_CPU, "char", 12),
+    "base": ("base", {}, "bpe", 4),
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def matmul_peak(device: torch.device | str = "cpu", n: int = 1024, seconds: float = 1.5,
+                dtype: torch.dtype = torch.float32) -> float:
+    """Best sustained FLOP/s of an n x n matmul on ``device`` (the roof MFU is measured against)."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def train_flops_per_token(cfg: LMConfig, n_params: int) -> float:
+    """6 FLOPs per parameter per token (forward + backward), plus attention scores and values,
+    12 * layers * width * context (PaLM's appendix B accounting, as nanoGPT's estimate_mfu)."""
+    return 6 * n_params + 12 * cfg.n_layer * cfg.d_model * cfg.context
+
+
+def _append(path: Path | None, title: str, command: str, table_md: str, notes: str = "") -> None:
+    if path is None:
+        return
+    stamp = dt.date.today().isoformat()
+    block = (f"\n### {title}\n\n`{command}` on {machine()}, {stamp}.\n\n{table_md}\n"
+             + (f"\n{notes}\n" if notes else ""))
+    with open(path, "a") as f:
+        f.write(block)
+    console.print(f"appended to {path}")
+
+
+def _markdown(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    t = Table(title=title)
+    for h in headers:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)
+
+
+def bench_train_lm(names: list[str], steps: int = 10, write: Path | None = None, warmup: int = 3) -> list[dict]:
+    from genlab.train.lm import LMTask, build_model
+    from genlab.train.trainer import train
+    from genlab.data.prepare import prepare
+
+    unknown = [n for n in names if n not in BENCH_CONFIGS]
+    if unknown:
+        from genlab.errors import ConfigError
+
+        raise ConfigError(f"unknown bench config(s) {unknown}; choose from {', '.join(BENCH_CONFIGS)}")
+    peak = matmul_peak("cuda" if torch.cuda.is_available() else "cpu")
+    console.print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (fp32)")
+    results = []
+    for name in names:
+        preset, overrides, tok_kind, batch = BENCH_CONFIGS[name]
+        base = lm_config(preset, **overrides)
+        data = prepare(DataConfig(corpus=["fortunes"], tokenizer=tok_kind, vocab_size=base.vocab_size),
+                       log=lambda m: None)
+        cfg = lm_config(preset, **{**overrides, "vocab_size": data.meta["vocab_size"]})
+        model = build_model(cfg, 0)
+        n_params = model.num_params()
+        tcfg = TrainConfig(steps=warmup + steps, batch_size=batch, lr=1e-3, warmup_steps=1,
+                           eval_every=10**9, checkpoint_every=10**9, log_every=10**9, eval_batches=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            res = train(LMTask(model, data, batch, eval_batches=1, sample_tokens=1), tcfg, Path(tmp), quiet=True)
+        timed = res.step_seconds[warmup:]
+        sec = statistics.median(timed)
+        tokens = batch * cfg.context
+        tok_s = tokens / sec
+        mfu = tok_s * train_flops_per_token(cfg, n_params) / peak
+        results.append(dict(config=name, params=n_params, batch=batch, context=cfg.context, tokens_per_s=tok_s,
+                            mfu=mfu, step_ms=sec * 1e3))
+    headers = ["config", "params", "batch x context", "step (ms)", "tokens/s", "MFU vs measured peak"]
+    rows = [[r["config"], f"{r['params']:,}", f"{r['batch']} x {r['context']}", f"{r['step_ms']:.1f}",
+             f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}"] for r in results]
+    _show("train-lm", headers, rows)
+    _append(write, "Training throughput (`bench train-lm`)", "genlab bench train-lm " + " ".join(sys.argv[3:]),
+            _markdown(headers, rows),
+            f"Peak: best fp32 1024x1024 matmul measured in the same run, {peak / 1e9:.1f} GFLOP/s. "
+            f"Median of {steps} optimizer steps after {warmup} warm-up steps, real trainer (AdamW, "
+            "clipping), fortunes corpus. FLOPs/token = 6N + 12·layers·width·context.")
+    return results
+
+
+def bench_generate(lengths: list[int], preset: str = "small", write: Path | None = None,
+                   prompt_tokens: int = 16) -> list[dict]:
+    from genlab.data import tokenizer as tokmod
+    from genlab.generate.text import LanguageModel
+    from genlab.train.lm import build_model
+
+    longest = max(lengths) + prompt_tokens + 1
+    base = lm_config(preset)
+    # Byte-level BPE on a slice of this Python's own sources, then a model whose context holds the
+    # longest generation, so the no-cache path keeps growing instead of sliding.
+    from genlab.data.corpus import stdlib_files
+
+    text = "".join(p.read_text(errors="ignore") for p in stdlib_files()[:40])
+    tok = tokmod.train_bpe([text], base.vocab_size)
+    cfg = lm_config(preset, vocab_size=tok.get_vocab_size(), context=max(base.context, longest))
+    lm = LanguageModel(build_model(cfg, 0), tok)
+    prompt = tok.decode(list(range(300, 300 + prompt_tokens)))
+    results = []
+    for n in lengths:
+        row = {"new_tokens": n}
+        for use_cache in (True, False):
+            lm.generate(prompt, max_tokens=4, temperature=0, ignore_eot=True, use_cache=use_cache)  # warm-up
+            t0 = time.perf_counter()
+            lm.generate(prompt, max_tokens=n, temperature=0, ignore_eot=True, use_cache=use_cache)
+            row["cache" if use_cache else "no_cache"] = n / (time.perf_counter() - t0)
+        row["speedup"] = row["cache"] / row["no_cache"]
+        results.append(row)
+    headers = ["new tokens", "with KV cache (tok/s)", "without (tok/s)", "speed-up"]
+    rows = [[str(r["new_tokens"]), f"{r['cache']:,.1f}", f"{r['no_cache']:,.1f}", f"{r['speedup']:.2f}x"]
+            for r in results]
+    _show("generate", headers, rows)
+    _append(write, f"Decode speed, KV cache on/off (`bench generate`, {preset} preset)",
+            "genlab bench generate " + " ".join(sys.argv[3:]), _markdown(headers, rows),
+            f"{cfg.n_layer} layers x {cfg.d_model} wide, vocab {cfg.vocab_size}, context {cfg.context}, "
+            f"{prompt_tokens}-token prompt, greedy, batch 1, the real `generate` path (tokenizer decode and "
+            "stop checks included).")
+    return results

@@ -1,0 +1,56 @@
+"""Shared fixtures: every test makes its own tiny data and keeps caches in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GENLAB = [sys.executable, "-m", "genlab"]
+
+WORDS = ("the cat sat on a mat while old dog ran far away into green hills and a small bird sang "
+         "every morning because rain fell softly over quiet town where people read books").split()
+
+
+def make_text(n_sentences: int = 400, seed: int = 0) -> str:
+    """Deterministic pseudo-English: enough structure for a tiny model to learn quickly."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_sentences):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 10))]
+        lines.append(" ".join(words).capitalize() + ".")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "genlab-cache"
+    monkeypatch.setenv("GENLAB_CACHE", str(cache))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    for i in range(12):
+        (d / f"doc{i:02d}.txt").write_text(make_text(60, seed=i))
+    return d
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, corpus_dir) -> Path:
+    """A tiny LM trained for a few dozen steps, shared by generation/eval tests (read-only)."""
+    from genlab.config import DataConfig, train_config
+    from genlab.train.lm import LMTrainSpec, train_lm
+
+    os.environ["GENLAB_CACHE"] = str(tmp_path_factory.getbasetemp() / "genlab-cache")
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train_lm(LMTrainSpec(
+        run=run, data=DataConfig(corpus=[str(corpus_dir)], tokenizer="bpe", vocab_size=300), preset="tiny",
+        model_overrides={"context": 64},
+        train=train_config("tiny", steps=60, eval_every=30, checkpoint_every=30, batch_size=8), quiet=True))
+    return run
