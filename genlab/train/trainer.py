@@ -68,6 +68,7 @@ class TrainResult:
     seconds: float = 0.0
     throughput: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -275,7 +276,9 @@ def train(task: Task, cfg: TrainConfig, run: Path, *, resume: bool = False, quie
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                elapsed += time.perf_counter() - t_step
+                step_time = time.perf_counter() - t_step
+                elapsed += step_time
+                result.step_seconds.append(step_time)
                 loss_value = step_loss.item()
                 if not math.isfinite(loss_value):
                     raise GenlabError(f"training diverged at step {step} (loss {loss_value}); lower --lr")
