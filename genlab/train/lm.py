@@ -122,6 +122,8 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
                            f"(or pass --overwrite to replace it)")
         data_cfg = spec.data
         tok = None
+        if spec.init_from is None:
+            lm_config(spec.preset, **spec.model_overrides)  # bad settings fail before any data work
         base_cfg: LMConfig | None = None
         if spec.init_from is not None:
             parent = runs.read_config(spec.init_from, family="lm")
