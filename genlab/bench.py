@@ -101,9 +101,9 @@ def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
 
 
 def bench_train_lm(names: list[str], steps: int = 10, write: Path | None = None, warmup: int = 3) -> list[dict]:
+    from genlab.data.prepare import prepare
     from genlab.train.lm import LMTask, build_model
     from genlab.train.trainer import train
-    from genlab.data.prepare import prepare
 
     unknown = [n for n in names if n not in BENCH_CONFIGS]
     if unknown:
