@@ -187,7 +187,11 @@ def load_weights(run: str | Path, model: torch.nn.Module) -> dict:
     except (SafetensorError, OSError) as e:
         raise RunError(f"{path} is corrupted ({e}); restore it or retrain") from None
     target = unwrap(model)
-    missing, unexpected = target.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = target.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # same names, other shapes: weights from a different config
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e)[:120])
+        raise RunError(f"{path} does not match the model in {CONFIG} ({first})") from None
     tied = {n for n in missing if _is_alias(target, n)}
     if set(missing) - tied or unexpected:
         raise RunError(

@@ -199,3 +199,13 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path, corpus_dir
     assert len(list((run / "samples").iterdir())) == 2
     assert not list(run.glob("*.tmp"))
     assert res.stderr.count("lm model:") == 1  # only rank 0 talks
+
+
+def test_weights_of_another_shape_are_a_clear_error(tmp_path, corpus_dir):
+    run = tmp_path / "r"
+    train_lm(spec(run, corpus_dir, 2))
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["d_model"] = 128
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RunError, match="does not match"):
+        _load(run)

@@ -9,6 +9,10 @@ progress bar, and a clean stop on Ctrl-C / SIGTERM.
 Exact resume: batches are drawn from an RNG seeded by (seed, step, micro-step, rank), and the
 checkpoint holds the weights, the optimizer, the step and the torch RNG state, so a resumed run
 computes bit-for-bit the losses an uninterrupted run would have.
+
+A task with several optimizers (a GAN: discriminator, then generator) implements ``SteppingTask``:
+it builds its optimizers and makes the updates itself in ``train_step``; the trainer keeps the
+rest (schedule, budgets, logging, evaluation, checkpoints with every optimizer's state, resume).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import csv
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +60,66 @@ class Task(Protocol):
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Validation metrics; their names are listed in ``metric_names`` (the CSV columns)."""
         ...
+
+    def sample(self, model: torch.nn.Module, step: int, out_dir: Path) -> None: ...
+
+
+@dataclass
+class StepContext:
+    """What the trainer hands ``SteppingTask.train_step`` for one optimizer step."""
+
+    step: int
+    model: torch.nn.Module  # the module to call: wrapped by DDP / torch.compile when those are on
+    optimizers: dict[str, torch.optim.Optimizer]
+    batch: Callable[[int], Any]  # batch(i): the i-th batch of this step, from the seeded batch RNG
+    grad_accum: int
+    grad_clip: float  # <= 0: no clipping (the norm is still measured for the log)
+    scaler: torch.amp.GradScaler
+    autocast: Callable[[], Any]
+
+    def sync(self, micro: int):
+        """Skip the DDP gradient all-reduce on every micro-batch but the last."""
+        if hasattr(self.model, "no_sync") and micro < self.grad_accum - 1:
+            return self.model.no_sync()
+        return _null()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step_optimizer(self, name: str) -> float:
+        """Unscale, clip, step and zero the gradients of one optimizer; returns its gradient norm.
+        (The trainer calls ``scaler.update()`` once after ``train_step``.)"""
+        opt = self.optimizers[name]
+        self.scaler.unscale_(opt)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        self.scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+        return float(norm)
+
+
+class SteppingTask(Protocol):
+    """A task that updates its model itself, with several optimizers (used instead of ``loss``).
+
+    Param groups may carry an ``lr_scale``: the scheduled lr times that scale is their lr."""
+
+    family: str
+    unit: str
+    metric_names: tuple[str, ...]  # must hold "loss" and every other key train_step returns
+    model: torch.nn.Module
+
+    def train_batch(self, rng: np.random.Generator) -> Any: ...
+
+    def optimizers(self, model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        """Named optimizers; each is checkpointed in train_state.pt under its name."""
+        ...
+
+    def train_step(self, ctx: StepContext) -> tuple[dict[str, float], int]:
+        """One step of every optimizer. Returns the values to log ("loss" is the one the progress bar
+        and the divergence check use; "grad_norm" goes to its own column) and the units consumed."""
+        ...
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]: ...
 
     def sample(self, model: torch.nn.Module, step: int, out_dir: Path) -> None: ...
 
@@ -163,7 +228,7 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def train(task: Task, cfg: TrainConfig, run: Path, *, resume: bool = False, quiet: bool = False,
+def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: bool = False, quiet: bool = False,
           dist: Dist | None = None, extra_meta: dict | None = None) -> TrainResult:
     """Train ``task.model`` into the run directory ``run`` (which must hold config.json)."""
     cfg.validate()
@@ -174,14 +239,18 @@ def train(task: Task, cfg: TrainConfig, run: Path, *, resume: bool = False, quie
     torch.manual_seed(cfg.seed)
 
     model = task.model.to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                                  foreach=device.type != "mps")
+    stepping = hasattr(task, "train_step")  # the task steps its own optimizers (see SteppingTask)
+    optimizers: dict[str, torch.optim.Optimizer] = task.optimizers(model, cfg) if stepping else {
+        "optimizer": torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                       foreach=device.type != "mps")}
+    optimizer = optimizers.get("optimizer")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step, elapsed, units_seen = 0, 0.0, 0
     if resume:
         runs.load_weights(run, model)
         state = runs.load_train_state(run)
-        optimizer.load_state_dict(state["optimizer"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state[name])
         step, elapsed, units_seen = int(state["step"]), float(state["elapsed"]), int(state["units_seen"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
@@ -195,7 +264,9 @@ def train(task: Task, cfg: TrainConfig, run: Path, *, resume: bool = False, quie
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        # A stepping task's passes leave parts unused (a GAN's D pass runs G without gradients).
+        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
+                          find_unused_parameters=stepping)
 
     def log(msg: str) -> None:
         if dist.is_main and not quiet:
@@ -222,7 +293,7 @@ def train(task: Task, cfg: TrainConfig, run: Path, *, resume: bool = False, quie
         if not dist.is_main:
             return
         state = {"step": step, "elapsed": elapsed, "units_seen": units_seen,
-                 "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+                 **{name: opt.state_dict() for name, opt in optimizers.items()}, "rng_cpu": torch.get_rng_state()}
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
         if scaler.is_enabled():
@@ -251,30 +322,45 @@ def train(task: Task, cfg: TrainConfig, run: Path, *, resume: bool = False, quie
     total = cfg.steps if cfg.steps else int(budget_s)
     bar = progress.add_task("train", total=total, where="", loss="-", rate="")
     window_t, window_units, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+    window_extra: dict[str, float] = {}  # a stepping task's other logged values (a GAN's d_loss, g_loss)
     model.train()
     try:
         with _StopFlag() as stop, progress:
             while not done():
                 t_step = time.perf_counter()
                 lr = lr_at(cfg, step, progress_fraction())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                step_loss = torch.zeros((), device=device)
-                for micro in range(cfg.grad_accum):
-                    batch = task.train_batch(batch_rng(cfg.seed, step, micro, dist.rank))
-                    last = micro == cfg.grad_accum - 1
-                    sync = train_model.no_sync() if dist.enabled and not last else _null()
-                    with sync, autocast(device, amp_dtype):
-                        loss, units = task.loss(train_model, batch)
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                    step_loss += loss.detach() / cfg.grad_accum
+                for opt in optimizers.values():
+                    for group in opt.param_groups:
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
+                if stepping:
+                    values, units = task.train_step(StepContext(
+                        step=step, model=train_model, optimizers=optimizers, grad_accum=cfg.grad_accum,
+                        batch=lambda i, s=step: task.train_batch(batch_rng(cfg.seed, s, i, dist.rank)),
+                        grad_clip=cfg.grad_clip, scaler=scaler, autocast=lambda: autocast(device, amp_dtype)))
+                    scaler.update()
+                    step_loss = torch.tensor(values.pop("loss"), dtype=torch.float64)
+                    grad_norm = values.pop("grad_norm", float("nan"))
+                    for k, v in values.items():
+                        window_extra[k] = window_extra.get(k, 0.0) + v
                     units_seen += units * dist.world_size
                     window_units += units * dist.world_size
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                else:
+                    step_loss = torch.zeros((), device=device)
+                    for micro in range(cfg.grad_accum):
+                        batch = task.train_batch(batch_rng(cfg.seed, step, micro, dist.rank))
+                        last = micro == cfg.grad_accum - 1
+                        sync = train_model.no_sync() if dist.enabled and not last else _null()
+                        with sync, autocast(device, amp_dtype):
+                            loss, units = task.loss(train_model, batch)
+                        scaler.scale(loss / cfg.grad_accum).backward()
+                        step_loss += loss.detach() / cfg.grad_accum
+                        units_seen += units * dist.world_size
+                        window_units += units * dist.world_size
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
                 step += 1
                 step_time = time.perf_counter() - t_step
                 elapsed += step_time
@@ -290,12 +376,15 @@ def train(task: Task, cfg: TrainConfig, run: Path, *, resume: bool = False, quie
                     now = time.perf_counter()
                     rate = window_units / max(now - window_t, 1e-9)
                     mean_loss = window_loss / window_n
+                    extra = {k: v / window_n for k, v in window_extra.items()}
                     if metrics:
-                        metrics.log(step, "train", time_s=round(elapsed, 3), loss=mean_loss, lr=lr,
+                        metrics.log(step, "train", time_s=round(elapsed, 3), loss=mean_loss, **extra, lr=lr,
                                     throughput=rate, grad_norm=float(grad_norm))
-                    progress.update(bar, loss=f"{mean_loss:.4f}", rate=f"{rate:,.0f} {task.unit}/s")
+                    shown = "".join(f" {k} {v:.3f}" for k, v in extra.items() if k.endswith("loss"))
+                    progress.update(bar, loss=f"{mean_loss:.4f}{shown}", rate=f"{rate:,.0f} {task.unit}/s")
                     result.train_loss, result.throughput = mean_loss, rate
                     window_t, window_units, window_loss, window_n = now, 0, 0.0, 0
+                    window_extra = {}
                 progress.update(bar, completed=step if cfg.steps else min(elapsed, budget_s or 0),
                                 where=f"step {step}" + (f"/{cfg.steps}" if cfg.steps else ""))
 

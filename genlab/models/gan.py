@@ -1,0 +1,199 @@
+"""A class-conditional DCGAN in one file: generator, projection discriminator, EMA generator.
+
+- Generator: z -> a small square -> transposed convolutions that double the side -> tanh image in
+  [-1, 1]. Batch norm is class-conditional: each class has its own gain and bias, computed from a
+  learned label embedding (so a walk between two classes can blend their embeddings).
+- Discriminator: strided convolutions with spectral normalisation on every layer (it keeps D
+  1-Lipschitz-ish, which is what keeps hinge-loss training stable without gradient penalties),
+  summed features, and a projection head: score = linear(h) + <embed(label), h>.
+- An exponential moving average of the generator's weights is kept beside it; samples come from
+  it because it is smoother than the generator at any single step.
+
+Losses (hinge) live in genlab.train.image; this file only defines the networks.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from genlab.errors import ConfigError
+from genlab.models.conv import size_plan, widths
+
+
+@dataclass
+class GANConfig:
+    image_size: int = 28
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    num_classes: int = 10  # 0 = unconditional
+    latent_dim: int = 64  # size of z
+    embed_dim: int = 64  # generator's label embedding
+    g_width: int = 32  # generator channels at full resolution (doubling towards the bottom)
+    d_width: int = 32  # discriminator channels at full resolution
+    ema_decay: float = 0.999
+    d_steps: int = 1  # discriminator updates per generator update
+    d_lr_mult: float = 1.0  # discriminator lr = lr * d_lr_mult (> 1: two time-scale update rule)
+
+    def validate(self) -> None:
+        size_plan(self.image_size)
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), not {self.channels}")
+        for name in ("latent_dim", "embed_dim", "g_width", "d_width", "d_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+        if self.num_classes < 0:
+            raise ConfigError(f"num-classes must not be negative (got {self.num_classes})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema-decay must be in [0, 1) (got {self.ema_decay})")
+        if self.d_lr_mult <= 0:
+            raise ConfigError(f"d-lr-mult must be positive (got {self.d_lr_mult})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GANConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose gain and bias come from the label embedding (plain affine BN without labels)."""
+
+    def __init__(self, channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=embed_dim == 0)
+        if embed_dim:
+            self.gain = nn.Linear(embed_dim, channels)
+            self.bias = nn.Linear(embed_dim, channels)
+            # Start as the identity (gain 1 + 0, bias 0): with random class gains some classes came
+            # out black for the first few hundred steps in our Fashion-MNIST runs.
+            for lin in (self.gain, self.bias):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        x = self.bn(x)
+        if emb is None:
+            return x
+        return x * (1 + self.gain(emb))[:, :, None, None] + self.bias(emb)[:, :, None, None]
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.base, doublings = size_plan(cfg.image_size)
+        ch = widths(cfg.g_width, doublings)
+        self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes else None
+        e = cfg.embed_dim if cfg.num_classes else 0
+        # Only z enters here; the label acts through the norms. (Feeding the label in here as well
+        # made a small generator learn one image per class and ignore z.)
+        self.fc = nn.Linear(cfg.latent_dim, ch[0] * self.base * self.base)
+        self.norms = nn.ModuleList(ConditionalBatchNorm(c, e) for c in ch)
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1)
+                                 for i in range(doublings))
+        self.out = nn.Conv2d(ch[-1], cfg.channels, 3, padding=1)
+
+    def class_embedding(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if self.embed is None:
+            return None
+        if labels is None:
+            raise ValueError("this generator is class-conditional: give labels")
+        return self.embed(labels)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1]; pass ``emb`` instead of ``labels`` to condition on a blend of classes."""
+        if emb is None:
+            emb = self.class_embedding(labels)
+        h = self.fc(z).view(z.size(0), -1, self.base, self.base)
+        for norm, up in zip(self.norms, self.ups, strict=False):  # pre-activation: norm, ReLU, conv
+            h = up(F.relu(norm(h, emb)))
+        return torch.tanh(self.out(F.relu(self.norms[-1](h, emb))))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__()
+        _, doublings = size_plan(cfg.image_size)
+        ch = widths(cfg.d_width, doublings)
+        self.stem = spectral_norm(nn.Conv2d(cfg.channels, ch[-1], 3, padding=1))
+        self.downs = nn.ModuleList(spectral_norm(nn.Conv2d(ch[i + 1], ch[i], 4, stride=2, padding=1))
+                                   for i in reversed(range(doublings)))
+        self.head = spectral_norm(nn.Linear(ch[0], 1))
+        self.embed = spectral_norm(nn.Embedding(cfg.num_classes, ch[0])) if cfg.num_classes else None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One unbounded realness score per image (hinge loss wants raw scores)."""
+        h = F.leaky_relu(self.stem(x), 0.1)
+        for down in self.downs:
+            h = F.leaky_relu(down(h), 0.1)
+        h = h.sum(dim=(2, 3))
+        score = self.head(h).squeeze(1)
+        if self.embed is not None:
+            # Projection: the label picks a direction in feature space that "real for this class" points to.
+            score = score + (self.embed(labels) * h).sum(dim=1)
+        return score
+
+
+class GAN(nn.Module):
+    """Generator, discriminator and EMA generator in one module, so one safetensors file (prefixes
+    ``generator.``, ``discriminator.``, ``ema.``) and one DDP wrapper hold the whole model."""
+
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.generator = Generator(cfg)
+        self.discriminator = Discriminator(cfg)
+        self.ema = copy.deepcopy(self.generator)
+        self.ema.requires_grad_(False)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, phase: str, z: torch.Tensor, labels: torch.Tensor | None,
+                real: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The two training passes go through forward() so DistributedDataParallel sees them.
+
+        ``"d"``: scores of real images and of fakes (made without gradients); ``"g"``: scores of
+        fakes, with gradients flowing back into the generator."""
+        if phase == "d":
+            with torch.no_grad():
+                fake = self.generator(z, labels)
+            # One pass over real and fake together: D has no batch statistics, so this is the same
+            # as two passes, and it runs the spectral-norm power iteration once per step.
+            both = torch.cat([real, fake])
+            scores = self.discriminator(both, None if labels is None else torch.cat([labels, labels]))
+            return scores[: real.size(0)], scores[real.size(0):]
+        if phase == "g":
+            return (self.discriminator(self.generator(z, labels), labels),)
+        raise ValueError(f"unknown GAN phase '{phase}'")
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        # Early on the average would mostly remember the random init; ramp the decay up instead.
+        n = int(self.ema_updates)
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for e, g in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
+            e.lerp_(g, 1 - decay)
+        for e, g in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
+            e.copy_(g)  # batch-norm statistics follow the live generator
+        self.ema_updates += 1
+
+    # The sampling contract shared with the VAE (genlab.generate.images relies on it).
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    def class_embedding(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return self.ema.class_embedding(labels)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        """Images in [0, 1] from the EMA generator."""
+        return (self.ema(z, emb=emb) + 1) / 2

@@ -1,0 +1,101 @@
+"""GAN and VAE networks: shapes at 16/28/32/64 px, conditioning, the sampling contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genlab.errors import ConfigError
+from genlab.models.conv import size_plan, widths
+from genlab.models.gan import GAN, GANConfig
+from genlab.models.vae import VAE, VAEConfig
+
+
+def test_size_plan_and_widths():
+    assert size_plan(28) == (7, 2) and size_plan(32) == (4, 3) and size_plan(64) == (4, 4)
+    assert size_plan(48) == (6, 3) and size_plan(16) == (4, 2)
+    assert widths(16, 4) == [128, 128, 64, 32, 16]  # capped at 8x
+    for bad in (30, 8, 100):
+        with pytest.raises(ConfigError, match="not supported"):
+            size_plan(bad)
+
+
+@pytest.mark.parametrize("size,channels", [(16, 1), (28, 1), (32, 3), (64, 3)])
+def test_gan_shapes(size, channels):
+    torch.manual_seed(0)
+    gan = GAN(GANConfig(image_size=size, channels=channels, num_classes=5, latent_dim=8, embed_dim=4,
+                        g_width=4, d_width=4))
+    z, y = torch.randn(3, 8), torch.tensor([0, 2, 4])
+    fake = gan.generator(z, y)
+    assert fake.shape == (3, channels, size, size)
+    assert fake.min() >= -1 and fake.max() <= 1
+    s_real, s_fake = gan("d", z, y, torch.rand(3, channels, size, size) * 2 - 1)
+    assert s_real.shape == s_fake.shape == (3,)
+    (s_gen,) = gan("g", z, y)
+    s_gen.mean().backward()
+    assert gan.generator.fc.weight.grad is not None and gan.ema.fc.weight.grad is None
+    img = gan.generate(z, gan.class_embedding(y))
+    assert img.shape == (3, channels, size, size) and 0 <= img.min() and img.max() <= 1
+
+
+def test_gan_labels_change_the_image_and_the_score():
+    torch.manual_seed(0)
+    gan = GAN(GANConfig(image_size=16, num_classes=3, latent_dim=8, embed_dim=4, g_width=4, d_width=4)).eval()
+    with torch.no_grad():
+        for norm in gan.generator.norms:  # conditional gains start at the identity; give them a push
+            torch.nn.init.normal_(norm.gain.weight)
+    z = torch.randn(1, 8).repeat(2, 1)
+    y = torch.tensor([0, 1])
+    with torch.no_grad():
+        fake = gan.generator(z, y)
+        assert not torch.allclose(fake[0], fake[1])
+        score = gan.discriminator(fake[:1].repeat(2, 1, 1, 1), y)
+    assert score[0] != score[1]  # the projection term depends on the label
+
+
+def test_unconditional_gan_has_no_embeddings_and_ema_tracks_the_generator():
+    gan = GAN(GANConfig(image_size=16, num_classes=0, latent_dim=8, g_width=4, d_width=4))
+    assert gan.generator.embed is None and gan.discriminator.embed is None
+    assert gan.generator(torch.randn(2, 8)).shape == (2, 1, 16, 16)
+    with torch.no_grad():
+        gan.generator.fc.weight.add_(1.0)
+    before = gan.ema.fc.weight.clone()
+    gan.update_ema()  # decay ramps up from 0.1: the first update moves most of the way
+    moved = (gan.ema.fc.weight - before).abs().mean()
+    assert 0.85 < moved.item() < 0.95 and int(gan.ema_updates) == 1
+
+
+@pytest.mark.parametrize("size,channels,likelihood", [(16, 1, "bernoulli"), (28, 1, "gaussian"),
+                                                       (32, 3, "bernoulli"), (64, 3, "gaussian")])
+def test_vae_shapes_and_terms(size, channels, likelihood):
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(image_size=size, channels=channels, num_classes=4, latent_dim=6, embed_dim=3, width=4,
+                        likelihood=likelihood))
+    x, y = torch.rand(3, channels, size, size), torch.tensor([0, 1, 3])
+    mu, logvar = vae.encode(x, y)
+    assert mu.shape == logvar.shape == (3, 6)
+    recon, kl = vae(x, y, torch.randn(3, 6))
+    assert recon.shape == kl.shape == (3,) and (kl >= 0).all()
+    assert torch.isfinite(recon).all()
+    img = vae.generate(torch.randn(3, 6), vae.class_embedding(y))
+    assert img.shape == (3, channels, size, size) and 0 <= img.min() and img.max() <= 1
+
+
+def test_vae_kl_is_zero_at_the_prior_and_labels_matter():
+    assert VAE.kl(torch.zeros(2, 5), torch.zeros(2, 5)).abs().max() == 0
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(image_size=16, num_classes=2, latent_dim=4, embed_dim=4, width=4))
+    z = torch.randn(1, 4).repeat(2, 1)
+    img = vae.generate(z, vae.class_embedding(torch.tensor([0, 1])))
+    assert not torch.allclose(img[0], img[1])
+    with pytest.raises(ValueError, match="class-conditional"):
+        vae.encode(torch.rand(1, 1, 16, 16), None)
+
+
+def test_bad_model_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="likelihood"):
+        VAE(VAEConfig(likelihood="poisson"))
+    with pytest.raises(ConfigError, match="ema-decay"):
+        GAN(GANConfig(ema_decay=1.0))
+    with pytest.raises(ConfigError, match="channels"):
+        GAN(GANConfig(channels=2))

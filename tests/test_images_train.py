@@ -1,0 +1,160 @@
+"""GAN and VAE through the shared trainer: learning, the run directory, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlab import runs
+from genlab.data.images import ImageDataConfig
+from genlab.errors import DataError, RunError
+from genlab.models.gan import GAN, GANConfig
+from genlab.models.vae import VAE, VAEConfig
+from genlab.train.image import GANTask, ImageTrainSpec, VAETask, image_train_config, train_image
+from genlab.train.trainer import Interrupted
+
+from .conftest import ROOT
+
+SHAPES16 = ImageDataConfig("shapes", image_size=16, channels=1, shapes_count=256)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny networks run fastest on one thread, and a busy machine is not thrashed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spec(family: str, run: Path, steps: int, resume: bool = False, **train_kw) -> ImageTrainSpec:
+    kw = dict(steps=steps, eval_every=5, checkpoint_every=5, log_every=1, batch_size=8)
+    kw.update(train_kw)
+    return ImageTrainSpec(family=family, run=run, data=SHAPES16, preset="tiny",
+                          train=image_train_config(family, "tiny", **kw), resume=resume, quiet=True)
+
+
+def rows(run: Path, split: str = "train") -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == split]
+
+
+def test_vae_elbo_falls_and_the_run_directory_is_complete(tmp_path):
+    run = tmp_path / "vae"
+    res = train_image(spec("vae", run, 60, eval_every=20, checkpoint_every=20, batch_size=16))
+    first = sum(v for _, v in res.losses[:5]) / 5
+    last = sum(v for _, v in res.losses[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    val = rows(run, "val")
+    assert [int(r["step"]) for r in val] == [20, 40, 60]
+    assert float(val[-1]["nelbo"]) < float(val[0]["nelbo"])
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["family"] == "vae" and cfg["model"]["image_size"] == 16 and cfg["model"]["num_classes"] == 4
+    assert cfg["data"]["class_names"] == ["circle", "square", "triangle", "cross"] and cfg["data"]["fingerprint"]
+    for name in ("model.safetensors", "train_state.pt", "metrics.csv"):
+        assert (run / name).exists()
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step_000020.png", "step_000040.png", "step_000060.png"]
+    assert list((run / "tb").iterdir())
+
+
+def test_gan_trains_logs_both_losses_and_stores_three_networks(tmp_path):
+    run = tmp_path / "gan"
+    res = train_image(spec("gan", run, 30, eval_every=15, checkpoint_every=15, batch_size=16))
+    train_rows = rows(run)
+    assert [int(r["step"]) for r in train_rows] == list(range(1, 31))
+    for r in train_rows:
+        d, g = float(r["d_loss"]), float(r["g_loss"])
+        assert math.isfinite(d) and math.isfinite(g) and d >= 0  # hinge D loss is never negative
+        assert float(r["loss"]) == pytest.approx(d + g, abs=1e-4)
+    # The discriminator learns to tell drawn shapes from early fakes.
+    early = sum(float(r["d_loss"]) for r in train_rows[:5]) / 5
+    late = sum(float(r["d_loss"]) for r in train_rows[-5:]) / 5
+    assert late < early, (early, late)
+    assert set(rows(run, "val")[0]) >= {"d_real", "d_fake"}
+    weights = runs.weights_of(_load(run))
+    assert {k.split(".")[0] for k in weights} == {"generator", "discriminator", "ema", "ema_updates"}
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    assert {"optimizer_d", "optimizer_g"} <= set(state) and state["step"] == 30
+    assert res.step == 30 and res.throughput > 0
+
+
+def _load(run: Path) -> GAN | VAE:
+    cfg = json.loads((run / "config.json").read_text())
+    model = GAN(GANConfig.from_dict(cfg["model"])) if cfg["family"] == "gan" else VAE(VAEConfig.from_dict(cfg["model"]))
+    runs.load_weights(run, model)
+    return model
+
+
+@pytest.mark.parametrize("family,task", [("gan", GANTask), ("vae", VAETask)])
+def test_resume_reproduces_the_uninterrupted_losses_exactly(tmp_path, monkeypatch, family, task):
+    steps = 12
+    straight = train_image(spec(family, tmp_path / "a", steps))
+    # The same run, stopped by a Ctrl-C that arrives during step 6, then resumed.
+    calls = []
+    original = task.train_batch
+
+    def train_batch(self, rng):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, rng)
+
+    monkeypatch.setattr(task, "train_batch", train_batch)
+    with pytest.raises(Interrupted, match="stopped at step 6"):
+        train_image(spec(family, tmp_path / "b", steps))
+    monkeypatch.undo()
+    resumed = train_image(spec(family, tmp_path / "b", steps, resume=True))
+    assert resumed.losses == straight.losses[6:]  # bit-for-bit equal floats
+    logged = [c for c in rows(tmp_path / "a")[0] if c not in ("time_s", "throughput")]
+    a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert [int(r["step"]) for r in b] == list(range(1, steps + 1))  # no duplicated rows
+    assert [[r[c] for c in logged] for r in a] == [[r[c] for c in logged] for r in b]
+    wa, wb = runs.weights_of(_load(tmp_path / "a")), runs.weights_of(_load(tmp_path / "b"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_existing_run_wrong_family_and_changed_data_are_clear_errors(tmp_path):
+    run = tmp_path / "vae"
+    train_image(spec("vae", run, 2))
+    with pytest.raises(RunError, match="already exists"):
+        train_image(spec("vae", run, 2))
+    with pytest.raises(RunError, match="holds a vae model, not a gan model"):
+        train_image(spec("gan", run, 4, resume=True))
+    changed = spec("vae", run, 4, resume=True)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"]["fingerprint"] = "0" * 16
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match="changed since"):
+        train_image(changed)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_a_gan(tmp_path):
+    """DDP with a stepping task: both passes go through the wrapper, rank 0 alone writes."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "genlab",
+           "train", "gan", "--data", "shapes", "--image-size", "16", "--out", str(run), "--steps", "6",
+           "--batch-size", "8", "--eval-every", "3", "--checkpoint-every", "3", "--log-every", "1",
+           "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    train_rows = rows(run)
+    assert [int(r["step"]) for r in train_rows] == list(range(1, 7))  # one writer
+    assert all(math.isfinite(float(r["d_loss"])) and math.isfinite(float(r["g_loss"])) for r in train_rows)
+    assert float(train_rows[0]["throughput"]) > 0
+    state = runs.load_train_state(run)
+    assert state["step"] == 6 and {"optimizer_d", "optimizer_g"} <= set(state)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
+    assert res.stderr.count("gan model:") == 1  # only rank 0 talks
