@@ -3,7 +3,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.genlab-setup
-APT_PKGS := dataset-fashion-mnist fortunes espeak-ng
+# data sets, the espeak-ng voice, and Chromium for the web-page tests (driven by Playwright)
+APT_PKGS := dataset-fashion-mnist fortunes espeak-ng chromium
 
 .PHONY: setup demo test lint bench clean
 

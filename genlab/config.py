@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from genlab.errors import ConfigError
+from genlab.jsonconfig import JsonConfig
 from genlab.models.transformer import LMConfig
 
 # Presets for the language model. vocab_size is a default for the BPE tokenizer; a char
@@ -43,7 +44,7 @@ def lm_config(preset: str = "tiny", **overrides) -> LMConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """How to train: shared by every model family."""
 
     steps: int | None = None  # budget in optimizer steps ...
@@ -83,16 +84,8 @@ class TrainConfig:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"unknown --dtype '{self.dtype}'; choose auto, float32, bfloat16 or float16")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name: f for f in fields(cls)}
-        values = {k: v for k, v in d.items() if k in known}
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values)
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON gives a list back
 
 
 def train_config(preset: str | None = None, **overrides) -> TrainConfig:
@@ -104,7 +97,7 @@ def train_config(preset: str | None = None, **overrides) -> TrainConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(JsonConfig):
     """What to train on and how to tokenize it."""
 
     corpus: list[str] = field(default_factory=lambda: ["fortunes"])
@@ -112,8 +105,6 @@ class DataConfig:
     vocab_size: int = 512  # BPE only
     val_fraction: float = 0.1
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def write_json(path: Path, obj) -> None:

@@ -24,7 +24,7 @@ import io
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageOps
 from genlab import runs
 from genlab.data.prepare import cache_root
 from genlab.errors import ConfigError, DataError
+from genlab.jsonconfig import JsonConfig
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -44,7 +45,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class ImageDataConfig:
+class ImageDataConfig(JsonConfig):
     source: str = "fashion-mnist"  # fashion-mnist | shapes | a folder of class sub-folders
     image_size: int = 28
     channels: int = 1  # 1 = grayscale, 3 = RGB
@@ -61,13 +62,6 @@ class ImageDataConfig:
         if self.shapes_count <= 0:
             raise ConfigError(f"shapes count must be positive (got {self.shapes_count})")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ImageDataConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass

@@ -15,7 +15,7 @@ Losses (hinge) live in genlab.train.image; this file only defines the networks.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,12 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from genlab.errors import ConfigError
+from genlab.jsonconfig import JsonConfig
 from genlab.models.conv import size_plan, widths
 
 
 @dataclass
-class GANConfig:
+class GANConfig(JsonConfig):
     image_size: int = 28
     channels: int = 1  # 1 = grayscale, 3 = RGB
     num_classes: int = 10  # 0 = unconditional
@@ -53,13 +54,6 @@ class GANConfig:
         if self.d_lr_mult <= 0:
             raise ConfigError(f"d-lr-mult must be positive (got {self.d_lr_mult})")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GANConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 class ConditionalBatchNorm(nn.Module):

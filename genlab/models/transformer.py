@@ -11,15 +11,17 @@ exporters can map tensors one to one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.jsonconfig import JsonConfig
+
 
 @dataclass
-class LMConfig:
+class LMConfig(JsonConfig):
     vocab_size: int = 512
     context: int = 128  # longest sequence the model attends over (block size)
     n_layer: int = 2
@@ -55,13 +57,6 @@ class LMConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LMConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class RMSNorm(nn.Module):
@@ -118,7 +113,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, start: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, start: int = 0,
+                attn_mask: torch.Tensor | None = None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -133,7 +129,9 @@ class Attention(nn.Module):
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         S = k.shape[2]
-        if T == 1:
+        if attn_mask is not None:  # the caller knows better (batched decoding with per-row lengths)
+            mask, causal = attn_mask, False
+        elif T == 1:
             mask, causal = None, False  # one new token sees every cached position
         elif S == T:
             mask, causal = None, True
@@ -168,8 +166,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache=None, layer=0, start=0):
-        x = x + self.drop(self.attn(self.input_norm(x), cos, sin, cache, layer, start))
+    def forward(self, x, cos, sin, cache=None, layer=0, start=0, attn_mask=None):
+        x = x + self.drop(self.attn(self.input_norm(x), cos, sin, cache, layer, start, attn_mask))
         return x + self.drop(self.mlp(self.post_attn_norm(x)))
 
 
@@ -206,17 +204,29 @@ class Transformer(nn.Module):
             n -= self.embed.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, start: int = 0,
+                positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every position of ``idx`` (batch, time). With a cache, ``idx`` continues
-        the sequence at position ``start`` and its keys/values are appended to the cache."""
+        the sequence at position ``start`` and its keys/values are appended to the cache.
+
+        Batched decoding of sequences of different lengths passes ``positions`` (batch, time), each
+        row's own positions for the rotary embedding, and a boolean ``attn_mask`` broadcastable to
+        (batch, heads, time, cached length) saying which cached positions each row may attend to;
+        the cache then places each row's keys itself (see genlab.studio.batching.SlotCache)."""
         T = idx.shape[1]
-        if start + T > self.cfg.context:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.cfg.context}")
-        cos = self.rope_cos[start : start + T]
-        sin = self.rope_sin[start : start + T]
+        if positions is not None:
+            if int(positions.max()) >= self.cfg.context:
+                raise ValueError(f"position {int(positions.max())} exceeds the context of {self.cfg.context}")
+            cos = self.rope_cos[positions].unsqueeze(1)  # (batch, 1, time, head_dim): per row, all heads
+            sin = self.rope_sin[positions].unsqueeze(1)
+        else:
+            if start + T > self.cfg.context:
+                raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.cfg.context}")
+            cos = self.rope_cos[start : start + T]
+            sin = self.rope_sin[start : start + T]
         x = self.drop(self.embed(idx))
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i, start)
+            x = layer(x, cos, sin, cache, i, start, attn_mask)
         if cache is not None:
             cache.length = start + T
         return self.lm_head(self.norm(x))

@@ -14,20 +14,21 @@ optional class conditioning.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genlab.errors import ConfigError
+from genlab.jsonconfig import JsonConfig
 from genlab.models.conv import size_plan, widths
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(JsonConfig):
     image_size: int = 28
     channels: int = 1  # 1 = grayscale, 3 = RGB
     num_classes: int = 10  # 0 = unconditional
@@ -54,13 +55,6 @@ class VAEConfig:
         if self.beta < 0:
             raise ConfigError(f"beta must not be negative (got {self.beta})")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VAEConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 class VAE(nn.Module):

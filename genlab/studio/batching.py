@@ -1,0 +1,322 @@
+"""Dynamic batching: concurrent generation requests share forward passes.
+
+One scheduler thread owns the language model. Requests join a queue; at every step the scheduler
+
+1. admits waiting requests into free slots (up to ``max_batch``): each prompt is prefilled on its
+   own (prompts differ in length) and its keys/values are copied into its slot's row of one shared
+   :class:`SlotCache`;
+2. samples the next token of every active sequence from its own logits, with its own options and
+   its own seeded generator, and sends the new text to its consumer;
+3. retires finished or cancelled sequences and compacts the rows, so the active sequences always
+   occupy rows ``0..n-1`` of the cache (a view, no copy, feeds the model);
+4. runs ONE forward pass for all active sequences: a (n, 1) batch of tokens, each at its own
+   position (per-row rotary positions) and attending only to its own filled cache positions (a
+   per-row mask).
+
+So sixteen streaming clients cost about one batched decode step per token, not sixteen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from genlab.generate.text import GenerationInfo, LanguageModel, SamplingOptions, _held_back, next_token
+from genlab.models.transformer import KVCache, Transformer
+
+Event = tuple[str, object]  # ("text", str) | ("done", GenerationInfo) | ("error", str)
+Sink = Callable[[Event], None]
+
+
+class SlotCache:
+    """Keys and values of up to ``slots`` sequences decoded together, one row each.
+
+    It honours KVCache's ``update`` contract, so the model needs no special code path: during a
+    batched step row ``i`` writes its new key at its own position ``pos[i]``."""
+
+    def __init__(self, model: Transformer, slots: int) -> None:
+        cfg = model.cfg
+        p = model.embed.weight
+        shape = (slots, cfg.n_kv_head, cfg.context, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(cfg.n_layer)]
+        self.pos = torch.zeros(slots, dtype=torch.long, device=p.device)  # next position to write, per row
+        self.context = cfg.context
+        self.length = 0  # Transformer.forward records it; rows have their own lengths in ``pos``
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = k.shape[0]
+        rows = torch.arange(n, device=k.device)
+        self.k[layer][rows, :, self.pos[:n]] = k[:, :, 0]
+        self.v[layer][rows, :, self.pos[:n]] = v[:, :, 0]
+        return self.k[layer][:n], self.v[layer][:n]
+
+    def mask(self, n: int) -> torch.Tensor:
+        """(n, 1, 1, context): row i sees its positions up to and including the one being written."""
+        seen = torch.arange(self.context, device=self.pos.device)[None, :] <= self.pos[:n, None]
+        return seen[:, None, None, :]
+
+    def load_row(self, row: int, cache: KVCache, length: int) -> None:
+        for layer in range(len(self.k)):
+            self.k[layer][row, :, :length] = cache.k[layer][0, :, :length]
+            self.v[layer][row, :, :length] = cache.v[layer][0, :, :length]
+        self.pos[row] = length
+
+    def move_row(self, src: int, dst: int) -> None:
+        n = int(self.pos[src])
+        for layer in range(len(self.k)):
+            self.k[layer][dst, :, :n] = self.k[layer][src, :, :n]
+            self.v[layer][dst, :, :n] = self.v[layer][src, :, :n]
+        self.pos[dst] = n
+
+
+@dataclass
+class _Sequence:
+    ids: list[int]  # the tokens in the model's window: prompt (maybe cut) + generated so far
+    opts: SamplingOptions
+    sink: Sink
+    gen: torch.Generator
+    info: GenerationInfo
+    out: list[int] = field(default_factory=list)
+    emitted: int = 0  # characters of the decoded output already sent
+    logits: torch.Tensor | None = None
+    cancelled: bool = False
+    finished: bool = False
+
+
+class Ticket:
+    """A submitted request; ``cancel`` frees its slot at the next step (a client that went away)."""
+
+    def __init__(self, seq: _Sequence, scheduler: BatchScheduler) -> None:
+        self._seq, self._scheduler = seq, scheduler
+
+    def cancel(self) -> None:
+        if not self._seq.finished:
+            self._seq.cancelled = True
+            self._scheduler._wake()
+
+
+@dataclass
+class BatchStats:
+    steps: int = 0  # batched decode forward passes
+    tokens: int = 0  # tokens those passes produced
+    max_batch_seen: int = 0
+    batch_sizes: Counter = field(default_factory=Counter)  # batch size -> number of steps
+
+    def record(self, n: int) -> None:
+        self.steps += 1
+        self.tokens += n
+        self.max_batch_seen = max(self.max_batch_seen, n)
+        self.batch_sizes[n] += 1
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "tokens": self.tokens, "max_batch_seen": self.max_batch_seen,
+                "mean_batch": round(self.tokens / self.steps, 3) if self.steps else 0.0,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+
+
+class BatchScheduler:
+    def __init__(self, lm: LanguageModel, max_batch: int = 16) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.lm = lm
+        self.max_batch = max_batch
+        self.stats = BatchStats()
+        self._cache = SlotCache(lm.model, max_batch)
+        self._pending: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="genlab-batcher", daemon=True)
+        self._thread.start()
+
+    # ---- client side ----
+
+    def submit(self, prompt: str, opts: SamplingOptions, sink: Sink) -> tuple[Ticket, GenerationInfo]:
+        """Queue a request. ``sink`` receives its events from the scheduler thread; it must not block."""
+        opts.stop = tuple(opts.stop or ())
+        opts.validate()
+        ctx = self.lm.config.context
+        ids = self.lm.encode(prompt) or [self.lm.eot if self.lm.eot is not None else 0]
+        info = GenerationInfo(prompt_tokens=len(ids))
+        if len(ids) > ctx - 1:
+            info.truncated = len(ids) - (ctx - 1)
+            ids = ids[-(ctx - 1):]
+        gen = torch.Generator(device="cpu")
+        if opts.seed is not None:
+            gen.manual_seed(opts.seed)
+        else:
+            gen.seed()
+        seq = _Sequence(ids=ids, opts=opts, sink=sink, gen=gen, info=info)
+        with self._cv:
+            if self._stopped:
+                raise RuntimeError("the scheduler is stopped")
+            self._pending.append(seq)
+            self._cv.notify()
+        return Ticket(seq, self), info
+
+    def stream(self, prompt: str, opts: SamplingOptions) -> Iterator[str]:
+        """Blocking iterator over the text pieces (for threads, e.g. studio jobs)."""
+        q: queue.Queue[Event] = queue.Queue()
+        ticket, _ = self.submit(prompt, opts, q.put)
+        try:
+            while True:
+                kind, value = q.get()
+                if kind == "text":
+                    yield value  # type: ignore[misc]
+                elif kind == "error":
+                    raise RuntimeError(str(value))
+                else:
+                    return
+        finally:
+            ticket.cancel()
+
+    async def events(self, prompt: str, opts: SamplingOptions) -> AsyncIterator[Event]:
+        """Async iterator over a request's events. Closing it early (a client that disconnected)
+        cancels the request, and its slot is free at the next step."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(ev: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, ev)
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                pass
+
+        ticket, _ = self.submit(prompt, opts, sink)
+        try:
+            while True:
+                ev = await q.get()
+                yield ev
+                if ev[0] != "text":
+                    return
+        finally:
+            ticket.cancel()
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    # ---- scheduler thread ----
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopped and not self._pending and not self._active:
+                    self._cv.wait()
+                if self._stopped:
+                    break
+                admit = [self._pending.popleft()
+                         for _ in range(min(len(self._pending), self.max_batch - len(self._active)))]
+            try:
+                with torch.no_grad():
+                    for seq in admit:
+                        self._admit(seq)
+                    self._step()
+            except Exception as e:  # never let one bad step kill the server's generation thread
+                for seq in self._active + admit:
+                    if not seq.finished:
+                        seq.finished = True
+                        seq.sink(("error", f"{e.__class__.__name__}: {e}"))
+                self._active = []
+        for seq in self._active + list(self._pending):
+            seq.sink(("error", "the server is shutting down"))
+
+    def _prefill(self, seq: _Sequence, row: int, ids: list[int]) -> torch.Tensor:
+        model = self.lm.model
+        cache = model.new_cache(1)
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.lm.device)
+        logits = model(tokens, cache, 0)[0, -1]
+        self._cache.load_row(row, cache, len(ids))
+        return logits
+
+    def _admit(self, seq: _Sequence) -> None:
+        if seq.cancelled:
+            seq.finished = True
+            return
+        if seq.opts.max_tokens == 0:
+            self._finish(seq, "length")
+            return
+        seq.logits = self._prefill(seq, len(self._active), seq.ids)
+        self._active.append(seq)
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        seq.finished = True
+        seq.info.finish_reason = reason
+        seq.sink(("done", seq.info))
+
+    def _emit(self, seq: _Sequence, tok: int) -> None:
+        """Add a sampled token; send whatever text is now safe to send; finish on stop or length."""
+        opts = seq.opts
+        if tok == self.lm.eot and not opts.ignore_eot:
+            self._flush(seq, len(self.lm.decode(seq.out)))
+            self._finish(seq, "stop")
+            return
+        seq.out.append(tok)
+        seq.ids.append(tok)
+        seq.info.completion_tokens = len(seq.out)
+        text = self.lm.decode(seq.out)
+        hit = min((i for i in (text.find(s) for s in opts.stop) if i >= 0), default=-1)
+        if hit >= 0:
+            self._flush(seq, hit, text)
+            self._finish(seq, "stop")
+            return
+        if len(seq.out) >= opts.max_tokens:
+            self._flush(seq, len(text), text)
+            self._finish(seq, "length")
+            return
+        self._flush(seq, len(text) - _held_back(text, opts.stop), text)
+
+    def _flush(self, seq: _Sequence, upto: int, text: str | None = None) -> None:
+        text = self.lm.decode(seq.out) if text is None else text
+        if upto > seq.emitted:
+            seq.sink(("text", text[seq.emitted:upto]))
+            seq.emitted = upto
+
+    def _step(self) -> None:
+        ctx = self.lm.config.context
+        for seq in self._active:
+            if seq.cancelled:
+                seq.finished = True
+                continue
+            history = torch.tensor(seq.ids[-ctx:]) if seq.opts.repetition_penalty != 1.0 else None
+            assert seq.logits is not None
+            self._emit(seq, next_token(seq.logits.cpu(), seq.opts, history, seq.gen))
+        # Compact: survivors keep their order and move down to rows 0..n-1.
+        survivors = [s for s in self._active if not s.finished]
+        row_of = {id(s): i for i, s in enumerate(self._active)}
+        for new_row, seq in enumerate(survivors):
+            if row_of[id(seq)] != new_row:
+                self._cache.move_row(row_of[id(seq)], new_row)
+        self._active = survivors
+        n = len(survivors)
+        if not n:
+            return
+        for row, seq in enumerate(survivors):
+            if int(self._cache.pos[row]) >= ctx:
+                # Window full: like LanguageModel.stream, keep the newest half. Re-read all of it
+                # but the newest token, which the batched step below feeds as usual.
+                self._prefill(seq, row, seq.ids[-(ctx // 2):-1])
+        tokens = torch.tensor([[s.ids[-1]] for s in survivors], dtype=torch.long, device=self.lm.device)
+        positions = self._cache.pos[:n, None].clone()
+        logits = self.lm.model(tokens, self._cache, 0, positions=positions, attn_mask=self._cache.mask(n))[:, -1]
+        self._cache.pos[:n] += 1
+        for seq, row_logits in zip(survivors, logits, strict=True):
+            seq.logits = row_logits
+        self.stats.record(n)
