@@ -109,7 +109,9 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed.weight.device
+        # Not the embedding: a quantized one has no float matrix to ask, and an ONNX-backed model
+        # (genlab.export.onnx) reports its own device.
+        return getattr(self.model, "device", None) or self.model.norm.weight.device
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
@@ -183,8 +185,25 @@ class LanguageModel:
 
 def load_lm(run: str | Path, device: str = "auto") -> LanguageModel:
     run = Path(run)
+    if run.suffix == ".onnx":  # an exported model, run by onnxruntime
+        from genlab.export.onnx import load_onnx_lm
+
+        return load_onnx_lm(run)
     cfg = runs.read_config(run, family="lm")
     model = Transformer(LMConfig.from_dict(cfg["model"]))
+    quant = cfg.get("quantization")
+    if quant:  # integer weights + scales (genlab quantize): give the model their shapes first
+        from genlab.optimize.quantize import finish_load, prepare_for_load
+
+        prepare_for_load(model, quant)
     runs.load_weights(run, model)
+    if quant and quant.get("method") == "dynamic-int8" and device == "auto":
+        device = "cpu"  # PyTorch's dynamic int8 kernels are CPU kernels
+    model = model.to(pick_device(device))
+    if quant:
+        finish_load(model, quant)
     tok = tokmod.load(run / runs.TOKENIZER)
-    return LanguageModel(model.to(pick_device(device)), tok, run)
+    lm = LanguageModel(model, tok, run)
+    if cfg.get("eos_token"):  # imported checkpoints may end documents with another token
+        lm.eot = tok.token_to_id(cfg["eos_token"])
+    return lm
