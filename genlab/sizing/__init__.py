@@ -10,7 +10,9 @@ See docs/sizing.md for the formulas and their sources.
 
 from genlab.sizing.arch import Architecture, from_hf_config, from_lm_config, register_family, resolve
 from genlab.sizing.counts import ParamCount, count
+from genlab.sizing.image import ImageArch  # importing it registers the GAN and VAE run readers
 from genlab.sizing.report import SizeOptions, analyse
 
-__all__ = ["Architecture", "ParamCount", "SizeOptions", "analyse", "count", "from_hf_config", "from_lm_config",
+__all__ = ["Architecture", "ImageArch",
+           "ParamCount", "SizeOptions", "analyse", "count", "from_hf_config", "from_lm_config",
            "register_family", "resolve"]

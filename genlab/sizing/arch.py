@@ -15,9 +15,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genlab.errors import ConfigError, GenlabError
 from genlab.sizing import catalog
+
+if TYPE_CHECKING:
+    from genlab.sizing.image import ImageArch
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,8 @@ def _read_lm_run(cfg: dict, name: str, source: str) -> Architecture:
     return from_lm_config(lm, name, source)
 
 
-RunReader = Callable[[dict, str, str], Architecture]  # (run config.json, name, source) -> Architecture
+# (run config.json, name, source) -> Architecture; the GAN and VAE (genlab.sizing.image) return an ImageArch.
+RunReader = Callable[[dict, str, str], "Architecture | ImageArch"]
 FAMILIES: dict[str, RunReader] = {}
 
 
@@ -238,7 +243,7 @@ def _load_json(path: Path) -> dict:
     return data
 
 
-def from_path(path: Path) -> Architecture:
+def from_path(path: Path) -> Architecture | ImageArch:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"'{path}' holds no config.json; give a genlab run, an HF model folder or a config.json")
@@ -259,9 +264,10 @@ def from_catalog(entry: catalog.CatalogModel) -> Architecture:
     return from_hf_config(entry.config, entry.name, f"catalogue: {entry.source}")
 
 
-def resolve(spec: str) -> Architecture:
-    """A path, a catalogue name or a genlab preset, in that order."""
+def resolve(spec: str) -> Architecture | ImageArch:
+    """A path, a catalogue name or a genlab preset (LM, or gan-/vae- image presets), in that order."""
     from genlab.config import LM_PRESETS
+    from genlab.sizing import image
 
     path = Path(spec).expanduser()
     if path.exists():
@@ -271,8 +277,10 @@ def resolve(spec: str) -> Architecture:
         return from_catalog(entry)
     if spec in LM_PRESETS:
         return from_preset(spec)
-    names = [m.name for m in catalog.MODELS] + list(LM_PRESETS)
+    if spec in image.PRESETS:
+        return image.from_preset(spec)
+    names = [m.name for m in catalog.MODELS] + list(LM_PRESETS) + list(image.PRESETS)
     close = difflib.get_close_matches(catalog.normalise(spec), names, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise GenlabError(f"unknown model '{spec}'{hint}: not a file or folder, a catalogue name "
-                      f"(see `genlab size --list`) or a preset ({', '.join(LM_PRESETS)})")
+                      f"(see `genlab size --list`) or a preset ({', '.join([*LM_PRESETS, *image.PRESETS])})")

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from genlab.errors import GenlabError
 from genlab.sizing import report
-from genlab.sizing.arch import resolve
+from genlab.sizing.arch import Architecture, resolve
 from genlab.sizing.hardware import CATALOG, lookup, measure_machine
 from genlab.sizing.report import Section, SizeOptions
 
@@ -69,6 +69,10 @@ def size_command(models: list[str], opts: SizeOptions, *, list_models: bool = Fa
                           "(see `genlab size --list`) or a preset (tiny, small, base)")
     opts.validate()
     archs = [resolve(m) for m in models]
+    images = [a.name for a in archs if not isinstance(a, Architecture)]
+    if images and (measure or plot is not None):
+        raise GenlabError(f"--measure and --plot size Transformer LMs only; {', '.join(images)} "
+                          "is a GAN/VAE (leave the option out)")
     machine = measure_machine() if (probe or measure) else None
     devices = [*CATALOG, machine] if machine else list(CATALOG)
     train_device = lookup(opts.hardware, machine)

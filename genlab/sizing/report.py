@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genlab.errors import ConfigError
 from genlab.sizing import catalog, compute, memory
 from genlab.sizing.arch import Architecture
 from genlab.sizing.counts import count
 from genlab.sizing.hardware import CATALOG, Device, peak
+
+if TYPE_CHECKING:
+    from genlab.sizing.image import ImageArch
 
 GIB = memory.GIB
 DEVICE_FORMATS = ("fp32", "bf16", "int8", "Q4_K_M")  # columns of the fits-on-device table
@@ -78,15 +82,23 @@ def _device_row(pc, dev: Device, opts: SizeOptions, context: int, needs: dict[st
                         "decode_tokens_per_s": dec.tokens_per_s, "decode_limit": dec.limit,
                         "prefill_tokens_per_s": pre.tokens_per_s,
                         "compute_precision": peak(dev, memory.FORMATS[fmt].compute)[1]}
+    return {**device_info(dev), "formats": formats}
+
+
+def device_info(dev: Device) -> dict:
+    """A device's own figures, as every report's device rows carry them."""
     return {"key": dev.key, "name": dev.name, "unit": dev.unit, "memory_gib": dev.memory_gib,
             "usable_gib": dev.usable_gib, "usable_why": dev.usable_why, "bandwidth_gbs": dev.bandwidth_gbs,
-            "flops": dev.flops, "source": dev.source, "estimates": dev.estimates, "measured": dev.measured,
-            "formats": formats}
+            "flops": dev.flops, "source": dev.source, "estimates": dev.estimates, "measured": dev.measured}
 
 
-def analyse(a: Architecture, opts: SizeOptions, devices: list[Device] | None = None,
+def analyse(a: Architecture | ImageArch, opts: SizeOptions, devices: list[Device] | None = None,
             train_device: Device | None = None) -> dict:
     """Everything ``genlab size`` reports about one model, as JSON-ready numbers (bytes, FLOPs, seconds)."""
+    from genlab.sizing.image import ImageArch, analyse_image
+
+    if isinstance(a, ImageArch):
+        return analyse_image(a, opts, devices, train_device)
     opts.validate()
     devices = CATALOG if devices is None else devices
     train_device = train_device or devices[0]
@@ -255,14 +267,31 @@ def _devices_section(r: dict) -> Section:
                    cap, notes)
 
 
+def is_image(r: dict) -> bool:
+    return r["model"]["family"] in ("gan", "vae")
+
+
 def sections(r: dict) -> list[Section]:
+    if is_image(r):
+        from genlab.sizing import image
+
+        return image.sections(r)
     return [_params_section(r), _memory_section(r), _training_section(r), _compute_section(r), _devices_section(r)]
 
 
 def compare_section(reports: list[dict]) -> Section:
-    """Key figures of several models side by side."""
+    """Key figures of several models side by side; a figure a model does not have (an LM's KV cache
+    for a GAN, a GAN's FLOPs per image for an LM) shows as '-'."""
+    from genlab.sizing.image import COMPARE_ROWS
+
+    def cell(fn, r: dict) -> str:
+        try:
+            return fn(r)
+        except (KeyError, TypeError):
+            return "-"
+
     def row(label: str, fn) -> list[str]:
-        return [label, *[fn(r) for r in reports]]
+        return [label, *[cell(fn, r) for r in reports]]
 
     hw = reports[0]["settings"]["hardware"]
 
@@ -299,6 +328,9 @@ def compare_section(reports: list[dict]) -> Section:
         row("fits in bf16 on", lambda r: fits(r, "bf16")),
         row("fits in Q4_K_M on", lambda r: fits(r, "Q4_K_M")),
     ]
+    if any(is_image(r) for r in reports):  # with a GAN/VAE: its own rows; none that no model has
+        rows += [row(label, fn) for label, fn in COMPARE_ROWS]
+        rows = [x for x in rows if any(c != "-" for c in x[1:])]
     return Section("Comparison", ["quantity", *[r["model"]["name"] for r in reports]], rows)
 
 
