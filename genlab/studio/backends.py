@@ -12,6 +12,7 @@ models); the pipeline words its request accordingly. ``describe()`` is what a ma
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Protocol
 from genlab import runs
 from genlab.errors import ConfigError, GenlabError, RunError
 from genlab.generate.speech import file_sha256
-from genlab.generate.text import LanguageModel, SamplingOptions
+from genlab.generate.text import LanguageModel, SamplingOptions, _held_back, next_token
 
 
 class BackendError(GenlabError):
@@ -71,6 +72,10 @@ class GenlabTextBackend:
         return run_record(self.lm.run, "text")
 
 
+def _ids(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
 class HFTextBackend:
     """A causal LM folder saved by transformers (config.json with a model_type, weights, tokenizer)."""
 
@@ -86,28 +91,53 @@ class HFTextBackend:
         except (OSError, ValueError) as e:
             raise BackendError(f"cannot load the Hugging Face model in '{self.folder}': {e}") from None
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        # The key/value cache argument: `cache` in transformers 5, `past_key_values` before.
+        self._cache = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def stream(self, prompt: str, opts: SamplingOptions, system: str | None = None) -> Iterator[str]:
-        import torch
-
         if self.chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}]
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.model.device)
-        kwargs: dict = {"max_new_tokens": opts.max_tokens, "do_sample": opts.temperature > 0,
-                        "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0}
-        if opts.temperature > 0:
-            kwargs.update(temperature=opts.temperature, top_p=opts.top_p or 1.0, top_k=opts.top_k or 0)
-        if opts.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = opts.repetition_penalty
+        yield from self._decode(self.tokenizer(prompt).input_ids, opts)
+
+    def _decode(self, prompt_ids: list[int], opts: SamplingOptions) -> Iterator[str]:
+        """Token by token with the model's key/value cache, sampled as genlab's own LMs are
+        (``next_token``, a seeded generator of its own); each new piece of text is yielded as soon
+        as it cannot turn into a stop string or a partial UTF-8 character."""
+        import torch
+
+        eos = {self.tokenizer.eos_token_id, *_ids(self.model.generation_config.eos_token_id)} - {None}
+        gen = torch.Generator(device="cpu")
         if opts.seed is not None:
-            torch.manual_seed(opts.seed)  # transformers samples from the global generator
-        with torch.no_grad():
-            out = self.model.generate(ids, **kwargs)
-        text = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in opts.stop) if i >= 0), default=len(text))
-        yield text[:cut]
+            gen.manual_seed(opts.seed)
+        else:
+            gen.seed()
+        ids, new = list(prompt_ids) or [next(iter(eos), 0)], []
+        inputs, past, sent = torch.tensor([ids], device=self.model.device), None, ""
+        for _ in range(opts.max_tokens):
+            with torch.no_grad():
+                out = self.model(input_ids=inputs, use_cache=True, **{self._cache: past})
+            past = getattr(out, self._cache)
+            history = torch.tensor(ids + new) if opts.repetition_penalty != 1.0 else None
+            tok = next_token(out.logits[0, -1].cpu(), opts, history, gen)
+            if tok in eos and not opts.ignore_eot:
+                break
+            new.append(tok)
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in opts.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                if cut > len(sent):
+                    yield text[len(sent):cut]
+                return
+            end = len(text) - _held_back(text, opts.stop)
+            if end > len(sent) and text.startswith(sent):
+                yield text[len(sent):end]
+                sent = text[:end]
+            inputs = torch.tensor([[tok]], device=self.model.device)
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if len(text) > len(sent) and text.startswith(sent):
+            yield text[len(sent):]
 
     def describe(self) -> dict:
         weights = sorted(self.folder.glob("*.safetensors"))

@@ -50,6 +50,13 @@ from genlab.studio.pipeline import Studio, StudioRequest
 STATIC = Path(__file__).parent / "static"
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 ASSET_NAME = re.compile(r"^[0-9a-f]{32}\.(png|wav)$")
+# Sampling at a temperature this close to 0 overflows the scaled logits (inf, then NaN
+# probabilities); its limit is greedy decoding, which is what such a request gets.
+MIN_TEMPERATURE = 1e-3
+
+
+def sampling_temperature(t: float) -> float:
+    return 0.0 if t < MIN_TEMPERATURE else t
 
 
 @dataclass
@@ -90,6 +97,10 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 # ---- request bodies -----------------------------------------------------------------------------------
 
+# Seeds are int64, as OpenAI's are (torch generators take nothing wider).
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
 class _Body(BaseModel):
     # Unknown fields are ignored, as OpenAI clients send options a small server may not use.
     model_config = ConfigDict(extra="ignore")
@@ -105,12 +116,13 @@ class _Sampling(_Body):
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     top_k: Annotated[int, Field(ge=1)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0, le=10)] = 1.0
+    # Below 0.01, dividing logits by the penalty (and then by a small temperature) overflows float32.
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=10)] = 1.0
     n: Annotated[int, Field(ge=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     ignore_eos: bool = False  # as in vLLM: keep going past end-of-text (benchmarks, fixed lengths)
 
 
@@ -134,7 +146,7 @@ class ImageBody(_Body):
     n: Annotated[int, Field(ge=1)] = 1
     size: str | None = None
     response_format: Literal["b64_json", "url"] = "b64_json"
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class SpeechBody(_Body):
@@ -150,7 +162,7 @@ class JobBody(_Body):
     max_tokens: Annotated[int, Field(ge=1)] = 200
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.8
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
-    seed: int = 0
+    seed: Seed = 0
     candidates: Annotated[int, Field(ge=1, le=16)] = 4
     narrate: bool = True
     voice: str = "joe"
@@ -234,7 +246,8 @@ class Service:
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         if any(not s for s in stop):
             raise APIError(400, "stop strings must not be empty", "stop")
-        return SamplingOptions(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+        return SamplingOptions(max_tokens=max_tokens, temperature=sampling_temperature(body.temperature),
+                               top_p=body.top_p,
                                top_k=body.top_k, repetition_penalty=body.repetition_penalty,
                                stop=stop + extra_stop, seed=None if body.seed is None else body.seed + i,
                                ignore_eot=body.ignore_eos)
@@ -505,7 +518,8 @@ def create_app(cfg: ServerConfig, lm: LanguageModel | None = None) -> FastAPI:
             raise APIError(400, "voice must be 'joe' or 'espeak'", "voice")
         speech = SpeechOptions(voice="joe", speed=body.speed,
                                backend="espeak" if body.voice == "espeak" else cfg.speech_backend)
-        req = StudioRequest(prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature,
+        req = StudioRequest(prompt=body.prompt, max_tokens=body.max_tokens,
+                            temperature=sampling_temperature(body.temperature),
                             top_p=body.top_p, seed=body.seed, candidates=body.candidates, narrate=body.narrate,
                             speech=speech)
         req.validate()
