@@ -181,3 +181,41 @@ def bench_generate(lengths: list[int], preset: str = "small", write: Path | None
             f"{prompt_tokens}-token prompt, greedy, batch 1, the real `generate` path (tokenizer decode and "
             "stop checks included).")
     return results
+
+
+def bench_train_image(family: str, presets: list[str], steps: int = 20, write: Path | None = None,
+                      warmup: int = 3, data_source: str = "fashion-mnist") -> list[dict]:
+    """Training images/s of the GAN or VAE through the real trainer, and the wall time of the whole
+    run (model build, training, the final evaluation and sample grid)."""
+    from genlab.data.images import ImageDataConfig, load_image_data
+    from genlab.train import image as img
+    from genlab.train.trainer import train
+
+    for preset in presets:
+        img.check_preset(family, preset)
+    data = load_image_data(ImageDataConfig(data_source, image_size=28 if data_source == "fashion-mnist" else 32))
+    task_cls = img.GANTask if family == "gan" else img.VAETask
+    results = []
+    for preset in presets:
+        t0 = time.perf_counter()
+        model = img.build_model(family, img.model_config(family, preset, data), 0)
+        n_params = sum(p.numel() for p in model.parameters())
+        tcfg = img.image_train_config(family, preset, steps=warmup + steps, eval_every=10**9, checkpoint_every=10**9,
+                                  log_every=10**9)
+        with tempfile.TemporaryDirectory() as tmp:
+            res = train(task_cls(model, data, tcfg.batch_size, eval_batches=1), tcfg, Path(tmp), quiet=True)
+        wall = time.perf_counter() - t0
+        sec = statistics.median(res.step_seconds[warmup:])
+        images = tcfg.batch_size * getattr(model.cfg, "d_steps", 1)  # a GAN step shows D d_steps batches
+        results.append(dict(preset=preset, params=n_params, batch=tcfg.batch_size, step_ms=sec * 1e3,
+                            images_per_s=images / sec, wall_s=wall))
+    headers = ["preset", "params", "batch", "step (ms)", "images/s", f"wall time, {warmup}+{steps} steps (s)"]
+    rows = [[r["preset"], f"{r['params']:,}", str(r["batch"]), f"{r['step_ms']:.1f}", f"{r['images_per_s']:,.0f}",
+             f"{r['wall_s']:.1f}"] for r in results]
+    _show(f"train-{family}", headers, rows)
+    _append(write, f"{family.upper()} training throughput (`bench train-{family}`, {data.name})",
+            f"genlab bench train-{family} " + " ".join(sys.argv[3:]), _markdown(headers, rows),
+            f"Median of {steps} optimizer steps after {warmup} warm-up steps, real trainer and task "
+            f"({data.name}, {data.config.image_size}px). Wall time: building the model, all steps, the final "
+            "evaluation and sample grid.")
+    return results

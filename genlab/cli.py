@@ -382,7 +382,7 @@ def _eval_image(run: Path, data: list[str] | None, n: int, k: int, seed: int, as
     if as_json:
         out.print_json(json.dumps(res))
     else:
-        out.print(format_report(res), markup=False, highlight=False)
+        out.print(format_report(res), markup=False, highlight=False, soft_wrap=True)
 
 
 classifier_app = typer.Typer(no_args_is_help=True, help="genlab's own image classifier (features for FCD, audit).")
@@ -403,7 +403,7 @@ def classifier_train_cmd(
     dcfg = ImageDataConfig(source=data, image_size=image_size or (28 if data == "fashion-mnist" else 32),
                            channels=3 if rgb else 1, test_fraction=test_fraction)
     clf = load_or_train(load_image_data(dcfg), device=device, retrain=retrain)
-    out.print(f"{data}: classifier test accuracy {clf.test_accuracy:.2%} -> {clf.path}", markup=False)
+    out.print(f"{data}: classifier test accuracy {clf.test_accuracy:.2%} -> {clf.path}", markup=False, soft_wrap=True)
 
 
 @app.command("audit")
@@ -428,9 +428,9 @@ def audit_cmd(
                                                                "ratio", "status"], format_audit(report))
     out.print(f"KL(generated || training) {report.kl_generated_train:.4f} nats, KL(training || generated) "
               f"{report.kl_train_generated:.4f} nats; classifier test accuracy {report.classifier_test_accuracy:.2%}",
-              markup=False)
+              markup=False, soft_wrap=True)
     out.print(f"under-produced: {', '.join(report.under) or 'none'}; over-produced: {', '.join(report.over) or 'none'}"
-              f"; dropped: {', '.join(report.dropped) or 'none'}", markup=False)
+              f"; dropped: {', '.join(report.dropped) or 'none'}", markup=False, soft_wrap=True)
 
 
 @app.command("augment")

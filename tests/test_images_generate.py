@@ -23,7 +23,8 @@ from genlab.generate.images import ImageGenerator
 from genlab.train.image import ImageTrainSpec, image_train_config, train_image
 
 from .conftest import GENLAB, ROOT
-from .test_images_train import _one_thread  # noqa: F401  (autouse: one thread for tiny nets)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is fastest
 
 runner = CliRunner()
 
@@ -167,7 +168,7 @@ def test_cli_errors_are_one_line(gan_run, vae_run, tmp_path, monkeypatch, capsys
     cfg = json.loads((edited / "config.json").read_text())
     cfg["model"]["g_width"] *= 2
     (edited / "config.json").write_text(json.dumps(cfg))
-    assert "do not fit its config.json" in cli_error(
+    assert "does not match the model" in cli_error(
         monkeypatch, capsys, "generate", "image", edited, "--out", tmp_path / "x.png")
     assert "unknown label 'Hat'" in cli_error(
         monkeypatch, capsys, "generate", "image", gan_run, "--label", "Hat", "--out", tmp_path / "x.png")

@@ -24,16 +24,11 @@ from genlab.train.trainer import Interrupted
 
 from .conftest import ROOT
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is fastest
+
 SHAPES16 = ImageDataConfig("shapes", image_size=16, channels=1, shapes_count=256)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny networks run fastest on one thread, and a busy machine is not thrashed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def spec(family: str, run: Path, steps: int, resume: bool = False, **train_kw) -> ImageTrainSpec:
