@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.genlab-setup
 # data sets, the espeak-ng voice, and Chromium for the web-page tests (driven by Playwright)
 APT_PKGS := dataset-fashion-mnist fortunes espeak-ng chromium
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench gguf-check clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ lint: setup
 bench: setup
 	$(BIN)/genlab bench train-lm
 	$(BIN)/genlab bench generate
+
+# llama.cpp itself checks our GGUF exports (logits and greedy text). llama-cpp-python compiles
+# llama.cpp from source (long on 2 cores; pip caches the wheel, so once per machine), which is
+# why it is not part of `make setup`: without it those tests skip and say so.
+gguf-check: setup
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install -q llama-cpp-python
+	$(BIN)/python -m pytest tests/test_export_gguf.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

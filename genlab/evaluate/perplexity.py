@@ -38,7 +38,11 @@ def evaluate_lm(run: str | Path, data: list[str] | None = None, batch_size: int 
         n_bytes = sum(len(d.encode()) for d in docs)
         source = ", ".join(data)
     else:
+        if Path(run).suffix == ".onnx":
+            raise DataError("an exported .onnx file has no validation split; give held-out text with --data")
         cfg = runs.read_config(run, family="lm")
+        if not isinstance(cfg.get("data"), dict):  # imported checkpoints carry no training data
+            raise DataError(f"run '{run}' records no training data; give held-out text with --data")
         prepared = prep.prepare(DataConfig(**cfg["data"]["config"]), tok=lm.tokenizer, log=lambda m: None)
         tokens = np.asarray(prepared.tokens("val"), dtype=np.int64)
         n_bytes = round(len(tokens) * cfg["data"]["bytes_per_token"])

@@ -1,0 +1,68 @@
+"""What the exporters share: all-or-nothing output folders and files. Also the helper that makes
+random runs for the export tests."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from genlab import runs
+from genlab.export.common import ExportError, Parity, staged_dir, staged_file
+from genlab.models.transformer import LMConfig, Transformer
+
+
+def random_run(path, trained_run, seed=0, **model):
+    """A run with random weights big enough to give logits of a few units, and random norm gains (so a
+    swapped or dropped tensor shows), using trained_run's tokenizer and settings."""
+    cfg = json.loads((trained_run / runs.CONFIG).read_text())
+    cfg["model"].update(model)
+    mcfg = LMConfig.from_dict(cfg["model"])
+    cfg["model"] = mcfg.to_dict()
+    torch.manual_seed(seed)
+    m = Transformer(mcfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(1 + 0.3 * torch.randn_like(p) if p.dim() == 1 else 0.15 * torch.randn_like(p))
+    path.mkdir(parents=True)
+    (path / runs.CONFIG).write_text(json.dumps(cfg))
+    shutil.copyfile(trained_run / runs.TOKENIZER, path / runs.TOKENIZER)
+    runs.save_weights(path, m)
+    return path
+
+
+def test_staged_dir_appears_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), staged_dir(out) as tmp:
+        (tmp / "a").write_text("half")
+        raise RuntimeError("export failed midway")
+    assert list(tmp_path.iterdir()) == []
+    with staged_dir(out) as tmp:
+        (tmp / "a").write_text("1")
+        assert not out.exists()  # nothing visible until the end
+    assert (out / "a").read_text() == "1"
+    with pytest.raises(ExportError, match="already exists"), staged_dir(out):
+        pass
+    with staged_dir(out, overwrite=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no leftovers beside it
+
+
+def test_staged_file_appears_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "m.bin"
+    with pytest.raises(KeyboardInterrupt), staged_file(out) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with staged_file(out) as tmp:
+        tmp.write_bytes(b"whole")
+    assert out.read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == ["m.bin"]
+    with pytest.raises(ExportError, match="already exists"), staged_file(out):
+        pass
+
+
+def test_parity_check_fails_beyond_its_tolerance():
+    assert Parity("x", 1e-5, 1e-4).check().ok
+    with pytest.raises(ExportError, match=r"parity check failed \(x\): max \|logit diff\| 0.5 exceeds 0.1"):
+        Parity("x", 0.5, 0.1).check()
