@@ -22,9 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import genlab
 from genlab import runs
-from genlab.config import DataConfig, TrainConfig, lm_config, write_json
+from genlab.config import DataConfig, TrainConfig, lm_config
 from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
 from genlab.device import init_distributed
@@ -32,7 +31,7 @@ from genlab.errors import ConfigError, RunError
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.optimize.quantize import load_float_model
 from genlab.train.lm import LMTask, build_model
-from genlab.train.trainer import TrainResult, console, train
+from genlab.train.trainer import TrainResult, console, create_run, resumed_train_config, train
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -108,11 +107,7 @@ def distill(spec: DistillSpec) -> TrainResult:
             raise RunError(f"run '{run}' was not made by `genlab distill`; resume it with `genlab train lm --resume`")
         d = saved["distill"]
         teacher_path, alpha, temperature = Path(d["teacher"]), d["alpha"], d["temperature"]
-        # A resumed run keeps its own settings; only the budget (and device) may change.
-        saved_train = TrainConfig.from_dict(saved["train"])
-        saved_train.steps, saved_train.minutes = tcfg.steps, tcfg.minutes
-        saved_train.device, saved_train.compile = tcfg.device, tcfg.compile
-        tcfg = saved_train
+        tcfg = resumed_train_config(saved, tcfg)
     else:
         spec.validate()
         if spec.teacher is None:
@@ -147,22 +142,17 @@ def distill(spec: DistillSpec) -> TrainResult:
         if student_cfg.context > teacher.cfg.context:
             raise ConfigError(f"the student's context ({student_cfg.context}) cannot exceed the teacher's "
                               f"({teacher.cfg.context}): the teacher must read the same windows")
+        create_run(run, {
+            "family": "lm",
+            "preset": spec.preset,
+            "model": student_cfg.to_dict(),
+            "train": tcfg.to_dict(),
+            "data": t_cfg["data"],
+            "distill": {"teacher": str(teacher_path), "alpha": alpha, "temperature": temperature,
+                        "teacher_params": teacher.num_params()},
+            "init_from": None,
+        }, dist, spec.overwrite)
         if dist.is_main:
-            if spec.overwrite and run.exists():
-                shutil.rmtree(run)
-            run.mkdir(parents=True, exist_ok=True)
-            write_json(run / runs.CONFIG, {
-                "family": "lm",
-                "genlab_version": genlab.__version__,
-                "preset": spec.preset,
-                "model": student_cfg.to_dict(),
-                "train": tcfg.to_dict(),
-                "data": t_cfg["data"],
-                "distill": {"teacher": str(teacher_path), "alpha": alpha, "temperature": temperature,
-                            "teacher_params": teacher.num_params()},
-                "init_from": None,
-                "world_size": dist.world_size,
-            })
             shutil.copyfile(teacher_path / runs.TOKENIZER, run / runs.TOKENIZER)
         dist.barrier()
 

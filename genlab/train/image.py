@@ -12,7 +12,6 @@ resumed run bit-for-bit equal to an uninterrupted one.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,16 +19,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import genlab
 from genlab import runs
-from genlab.config import TrainConfig, write_json
+from genlab.config import TrainConfig
 from genlab.data.images import ImageData, ImageDataConfig, load_image_data
-from genlab.device import init_distributed, seed_everything
+from genlab.device import seed_everything
 from genlab.errors import ConfigError, DataError, RunError
 from genlab.models.conv import size_plan
 from genlab.models.gan import GAN, GANConfig
 from genlab.models.vae import VAE, VAEConfig
-from genlab.train.trainer import StepContext, TrainResult, console, train
+from genlab.train.trainer import (
+    StepContext,
+    TrainResult,
+    begin,
+    create_run,
+    resumed_train_config,
+    train,
+)
 
 FAMILIES = ("gan", "vae")
 CONFIGS: dict[str, type] = {"gan": GANConfig, "vae": VAEConfig}
@@ -273,21 +278,13 @@ def train_image(spec: ImageTrainSpec) -> TrainResult:
     check_preset(spec.family, spec.preset)
     run = Path(spec.run)
     tcfg = spec.train
-    if tcfg is None:
-        raise ConfigError("no training config given")
-    tcfg.validate()
-    dist = init_distributed(tcfg.device)
-    log = (lambda m: console.print(m)) if dist.is_main and not spec.quiet else (lambda m: None)
+    dist, log = begin(tcfg, spec.quiet)
 
     if spec.resume:
         saved = runs.read_config(run, family=spec.family)
         data_cfg = ImageDataConfig.from_dict(saved["data"]["config"])
         model_cfg = CONFIGS[spec.family].from_dict(saved["model"])
-        # A resumed run keeps its own settings; only the budget and the device may change.
-        saved_train = TrainConfig.from_dict(saved["train"])
-        saved_train.steps, saved_train.minutes = tcfg.steps, tcfg.minutes
-        saved_train.device, saved_train.compile = tcfg.device, tcfg.compile
-        tcfg = saved_train
+        tcfg = resumed_train_config(saved, tcfg)
     else:
         if (run / runs.CONFIG).exists() and not spec.overwrite:
             raise RunError(f"run '{run}' already exists; continue it with --resume, or pick another --out "
@@ -311,19 +308,13 @@ def train_image(spec: ImageTrainSpec) -> TrainResult:
                             f"an exact resume needs the same images")
     else:
         model_cfg = model_config(spec.family, spec.preset, data, spec.conditional, **spec.model_overrides)
-        if dist.is_main:
-            if spec.overwrite and run.exists():
-                shutil.rmtree(run)
-            run.mkdir(parents=True, exist_ok=True)
-            write_json(run / runs.CONFIG, {
-                "family": spec.family,
-                "genlab_version": genlab.__version__,
-                "preset": spec.preset,
-                "model": model_cfg.to_dict(),
-                "train": tcfg.to_dict(),
-                "data": data.meta(),
-                "world_size": dist.world_size,
-            })
+        create_run(run, {
+            "family": spec.family,
+            "preset": spec.preset,
+            "model": model_cfg.to_dict(),
+            "train": tcfg.to_dict(),
+            "data": data.meta(),
+        }, dist, spec.overwrite)
         dist.barrier()
 
     model = build_model(spec.family, model_cfg, tcfg.seed)

@@ -12,15 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import genlab
 from genlab import runs
-from genlab.config import DataConfig, TrainConfig, lm_config, write_json
+from genlab.config import DataConfig, TrainConfig, lm_config
 from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
-from genlab.device import init_distributed, seed_everything
+from genlab.device import seed_everything
 from genlab.errors import ConfigError, RunError
 from genlab.models.transformer import LMConfig, Transformer
-from genlab.train.trainer import TrainResult, console, train
+from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
 
 class LMTask:
@@ -100,22 +99,14 @@ def build_model(cfg: LMConfig, seed: int) -> Transformer:
 def train_lm(spec: LMTrainSpec) -> TrainResult:
     run = Path(spec.run)
     tcfg = spec.train
-    if tcfg is None:
-        raise ConfigError("no training config given")
-    tcfg.validate()
-    dist = init_distributed(tcfg.device)
-    log = (lambda m: console.print(m)) if dist.is_main and not spec.quiet else (lambda m: None)
+    dist, log = begin(tcfg, spec.quiet)
 
     if spec.resume:
         saved = runs.read_config(run, family="lm")
         model_cfg = LMConfig.from_dict(saved["model"])
         data_cfg = DataConfig(**saved["data"]["config"])
         tok = tokmod.load(run / runs.TOKENIZER)
-        # A resumed run keeps its own settings; only the budget may be extended.
-        saved_train = TrainConfig.from_dict(saved["train"])
-        saved_train.steps, saved_train.minutes = tcfg.steps, tcfg.minutes
-        saved_train.device, saved_train.compile = tcfg.device, tcfg.compile
-        tcfg = saved_train
+        tcfg = resumed_train_config(saved, tcfg)
     else:
         if (run / runs.CONFIG).exists() and not spec.overwrite:
             raise RunError(f"run '{run}' already exists; continue it with --resume, or pick another --out "
@@ -156,22 +147,17 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
             model_cfg = lm_config(spec.preset, **overrides)
         if model_cfg.vocab_size != vocab:
             raise ConfigError(f"model vocabulary {model_cfg.vocab_size} != tokenizer vocabulary {vocab}")
+        create_run(run, {
+            "family": "lm",
+            "preset": spec.preset,
+            "model": model_cfg.to_dict(),
+            "train": tcfg.to_dict(),
+            "data": {"config": data_cfg.to_dict(), "fingerprint": data.fingerprint,
+                     "train_tokens": data.meta["train_tokens"], "val_tokens": data.meta["val_tokens"],
+                     "tokenizer": data.meta["tokenizer"], "bytes_per_token": data.meta["bytes_per_token"]},
+            "init_from": str(spec.init_from) if spec.init_from else None,
+        }, dist, spec.overwrite)
         if dist.is_main:
-            if spec.overwrite and run.exists():
-                shutil.rmtree(run)
-            run.mkdir(parents=True, exist_ok=True)
-            write_json(run / runs.CONFIG, {
-                "family": "lm",
-                "genlab_version": genlab.__version__,
-                "preset": spec.preset,
-                "model": model_cfg.to_dict(),
-                "train": tcfg.to_dict(),
-                "data": {"config": data_cfg.to_dict(), "fingerprint": data.fingerprint,
-                         "train_tokens": data.meta["train_tokens"], "val_tokens": data.meta["val_tokens"],
-                         "tokenizer": data.meta["tokenizer"], "bytes_per_token": data.meta["bytes_per_token"]},
-                "init_from": str(spec.init_from) if spec.init_from else None,
-                "world_size": dist.world_size,
-            })
             shutil.copyfile(data.tokenizer_path, run / runs.TOKENIZER)
         dist.barrier()
 

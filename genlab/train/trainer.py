@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -31,10 +32,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+import genlab
 from genlab import runs
-from genlab.config import TrainConfig
+from genlab.config import TrainConfig, write_json
 from genlab.device import Dist, autocast, autocast_dtype, init_distributed, pick_device, shutdown_distributed
-from genlab.errors import GenlabError
+from genlab.errors import ConfigError, GenlabError
 
 console = Console(stderr=True)
 
@@ -134,6 +136,34 @@ class TrainResult:
     throughput: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step
+
+
+def begin(cfg: TrainConfig | None, quiet: bool) -> tuple[Dist, Callable[[str], None]]:
+    """Validate the training config, join torchrun's group (if launched by it), and a logger that
+    only rank 0 uses: the start of every family's training entry point."""
+    if cfg is None:
+        raise ConfigError("no training config given")
+    cfg.validate()
+    dist = init_distributed(cfg.device)
+    return dist, ((lambda m: console.print(m)) if dist.is_main and not quiet else (lambda m: None))
+
+
+def resumed_train_config(saved: dict, requested: TrainConfig) -> TrainConfig:
+    """A resumed run keeps its own training settings; only the budget, device and compile change."""
+    cfg = TrainConfig.from_dict(saved["train"])
+    cfg.steps, cfg.minutes = requested.steps, requested.minutes
+    cfg.device, cfg.compile = requested.device, requested.compile
+    return cfg
+
+
+def create_run(run: Path, config: dict, dist: Dist, overwrite: bool) -> None:
+    """Rank 0 makes (or, with ``overwrite``, replaces) the run folder and writes its config.json."""
+    if dist.is_main:
+        if overwrite and run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / runs.CONFIG, {"family": config["family"], "genlab_version": genlab.__version__,
+                                       **config, "world_size": dist.world_size})
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -388,6 +418,7 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
                 progress.update(bar, completed=step if cfg.steps else min(elapsed, budget_s or 0),
                                 where=f"step {step}" + (f"/{cfg.steps}" if cfg.steps else ""))
 
+                t_pause = time.perf_counter()  # evaluation and checkpoints do not count as throughput
                 if step % cfg.eval_every == 0 or done():
                     if dist.is_main:
                         val = evaluate()
@@ -400,6 +431,7 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
                 if step % cfg.checkpoint_every == 0 or done():
                     checkpoint()
                     dist.barrier()
+                window_t += time.perf_counter() - t_pause
                 if stop.signal is not None:
                     checkpoint()
                     raise Interrupted(f"stopped at step {step}; checkpoint saved in {run} "
