@@ -113,6 +113,13 @@ def read_config(run: str | Path, family: str | None = None) -> dict:
     return cfg
 
 
+def require_new(run: Path, overwrite: bool) -> None:
+    """A new run never silently replaces an existing one."""
+    if (Path(run) / CONFIG).exists() and not overwrite:
+        raise RunError(f"run '{run}' already exists; continue it with --resume, or pick another --out "
+                       f"(or pass --overwrite to replace it)")
+
+
 def save_checkpoint(run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None) -> None:
     """Write model.safetensors and train_state.pt as one atomic checkpoint (see the module doc)."""
     run = Path(run)

@@ -112,9 +112,7 @@ def distill(spec: DistillSpec) -> TrainResult:
         spec.validate()
         if spec.teacher is None:
             raise ConfigError("give the teacher run: --teacher RUN")
-        if (run / runs.CONFIG).exists() and not spec.overwrite:
-            raise RunError(f"run '{run}' already exists; continue it with --resume, or pick another --out "
-                           f"(or pass --overwrite to replace it)")
+        runs.require_new(run, spec.overwrite)
         teacher_path, alpha, temperature = Path(spec.teacher), spec.alpha, spec.temperature
 
     teacher, t_cfg = load_float_model(teacher_path)

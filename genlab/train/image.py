@@ -23,7 +23,7 @@ from genlab import runs
 from genlab.config import TrainConfig
 from genlab.data.images import ImageData, ImageDataConfig, load_image_data
 from genlab.device import seed_everything
-from genlab.errors import ConfigError, DataError, RunError
+from genlab.errors import ConfigError, DataError
 from genlab.models.conv import size_plan
 from genlab.models.gan import GAN, GANConfig
 from genlab.models.vae import VAE, VAEConfig
@@ -286,9 +286,7 @@ def train_image(spec: ImageTrainSpec) -> TrainResult:
         model_cfg = CONFIGS[spec.family].from_dict(saved["model"])
         tcfg = resumed_train_config(saved, tcfg)
     else:
-        if (run / runs.CONFIG).exists() and not spec.overwrite:
-            raise RunError(f"run '{run}' already exists; continue it with --resume, or pick another --out "
-                           f"(or pass --overwrite to replace it)")
+        runs.require_new(run, spec.overwrite)
         data_cfg = spec.data
         size_plan(data_cfg.image_size)  # an unsupported size fails before any image is decoded
 

@@ -17,7 +17,7 @@ from genlab.config import DataConfig, TrainConfig, lm_config
 from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
 from genlab.device import seed_everything
-from genlab.errors import ConfigError, RunError
+from genlab.errors import ConfigError
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
@@ -108,9 +108,7 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
         tok = tokmod.load(run / runs.TOKENIZER)
         tcfg = resumed_train_config(saved, tcfg)
     else:
-        if (run / runs.CONFIG).exists() and not spec.overwrite:
-            raise RunError(f"run '{run}' already exists; continue it with --resume, or pick another --out "
-                           f"(or pass --overwrite to replace it)")
+        runs.require_new(run, spec.overwrite)
         data_cfg = spec.data
         tok = None
         if spec.init_from is None:
