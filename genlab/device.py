@@ -82,6 +82,15 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def main_first(self, fn):
+        """Run ``fn`` on rank 0 first, then on the other ranks (which then find rank 0's cache)."""
+        if not self.is_main:
+            self.barrier()
+        result = fn()
+        if self.is_main:
+            self.barrier()
+        return result
+
 
 def init_distributed(device_name: str = "auto") -> Dist:
     """Join the process group when launched by torchrun; a no-op for a single process."""

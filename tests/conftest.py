@@ -26,6 +26,23 @@ def make_text(n_sentences: int = 400, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ctrl_c_during_batch(monkeypatch, task_cls, n: int) -> None:
+    """Make the n-th ``train_batch`` call of ``task_cls`` deliver a real SIGINT to this process,
+    as a user's Ctrl-C during that step would (undo with ``monkeypatch.undo()``)."""
+    import signal
+
+    calls = []
+    original = task_cls.train_batch
+
+    def train_batch(self, rng):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, rng)
+
+    monkeypatch.setattr(task_cls, "train_batch", train_batch)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "genlab-cache"

@@ -3,8 +3,6 @@ student as a normal run, and alpha = 0 as the from-scratch baseline."""
 
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -17,6 +15,8 @@ from genlab.errors import ConfigError, RunError
 from genlab.optimize.distill import DistillSpec, DistillTask, distill, distill_loss
 from genlab.train.lm import LMTrainSpec, train_lm
 from genlab.train.trainer import Interrupted
+
+from .conftest import ctrl_c_during_batch
 
 STUDENT = {"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1}
 
@@ -49,16 +49,7 @@ def test_student_loss_falls_resume_is_exact_and_the_student_is_a_normal_run(tmp_
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
 
     # The same 12-step run, stopped by a Ctrl-C that arrives during step 7, then resumed.
-    calls = []
-    original = DistillTask.train_batch
-
-    def train_batch(self, rng):
-        calls.append(1)
-        if len(calls) == 7:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, rng)
-
-    monkeypatch.setattr(DistillTask, "train_batch", train_batch)
+    ctrl_c_during_batch(monkeypatch, DistillTask, 7)
     with pytest.raises(Interrupted, match="stopped at step 7"):
         distill(_spec(tmp_path / "b", trained_run, 12))
     monkeypatch.undo()

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from genlab.models.vae import VAE, VAEConfig
 from genlab.train.image import GANTask, ImageTrainSpec, VAETask, image_train_config, train_image
 from genlab.train.trainer import Interrupted
 
-from .conftest import ROOT
+from .conftest import ROOT, ctrl_c_during_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is fastest
 
@@ -95,16 +94,7 @@ def test_resume_reproduces_the_uninterrupted_losses_exactly(tmp_path, monkeypatc
     steps = 12
     straight = train_image(spec(family, tmp_path / "a", steps))
     # The same run, stopped by a Ctrl-C that arrives during step 6, then resumed.
-    calls = []
-    original = task.train_batch
-
-    def train_batch(self, rng):
-        calls.append(1)
-        if len(calls) == 6:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, rng)
-
-    monkeypatch.setattr(task, "train_batch", train_batch)
+    ctrl_c_during_batch(monkeypatch, task, 6)
     with pytest.raises(Interrupted, match="stopped at step 6"):
         train_image(spec(family, tmp_path / "b", steps))
     monkeypatch.undo()

@@ -17,7 +17,7 @@ from genlab.models.transformer import LMConfig, Transformer
 from genlab.train.lm import LMTask, LMTrainSpec, train_lm
 from genlab.train.trainer import Interrupted, lr_at
 
-from .conftest import GENLAB, ROOT
+from .conftest import GENLAB, ROOT, ctrl_c_during_batch
 
 
 def spec(run, corpus_dir, steps, resume=False, **train_kw):
@@ -44,16 +44,7 @@ def test_loss_falls_on_a_tiny_corpus(tmp_path, corpus_dir):
 def test_resume_reproduces_the_uninterrupted_losses_exactly(tmp_path, corpus_dir, monkeypatch):
     straight = train_lm(spec(tmp_path / "a", corpus_dir, 20))
     # The same 20-step run, stopped by a Ctrl-C that arrives during step 10.
-    calls = []
-    original = LMTask.train_batch
-
-    def train_batch(self, rng):
-        calls.append(1)
-        if len(calls) == 10:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, rng)
-
-    monkeypatch.setattr(LMTask, "train_batch", train_batch)
+    ctrl_c_during_batch(monkeypatch, LMTask, 10)
     with pytest.raises(Interrupted, match="stopped at step 10"):
         train_lm(spec(tmp_path / "b", corpus_dir, 20))
     monkeypatch.undo()

@@ -26,12 +26,11 @@ from genlab import runs
 from genlab.config import DataConfig, TrainConfig, lm_config
 from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
-from genlab.device import init_distributed
 from genlab.errors import ConfigError, RunError
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.optimize.quantize import load_float_model
 from genlab.train.lm import LMTask, build_model
-from genlab.train.trainer import TrainResult, console, create_run, resumed_train_config, train
+from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -98,9 +97,7 @@ def distill(spec: DistillSpec) -> TrainResult:
     """Train (or resume) a student run distilled from ``spec.teacher``."""
     run = Path(spec.run)
     tcfg = spec.train
-    if tcfg is None:
-        raise ConfigError("no training config given")
-    tcfg.validate()
+    dist, log = begin(tcfg, spec.quiet)
     if spec.resume:
         saved = runs.read_config(run, family="lm")
         if "distill" not in saved:
@@ -122,13 +119,8 @@ def distill(spec: DistillSpec) -> TrainResult:
     tok = tokmod.load(teacher_path / runs.TOKENIZER)
     data_cfg = DataConfig(**t_cfg["data"]["config"])
 
-    dist = init_distributed(tcfg.device)
-    log = (lambda m: console.print(m)) if dist.is_main and not spec.quiet else (lambda m: None)
-    if not dist.is_main:
-        dist.barrier()
-    data = prep.prepare(data_cfg, tok=tok, log=log)  # the teacher's corpus with the teacher's tokenizer
-    if dist.is_main:
-        dist.barrier()
+    # the teacher's corpus with the teacher's tokenizer
+    data = dist.main_first(lambda: prep.prepare(data_cfg, tok=tok, log=log))
 
     if spec.resume:
         student_cfg = LMConfig.from_dict(saved["model"])

@@ -291,11 +291,7 @@ def train_image(spec: ImageTrainSpec) -> TrainResult:
         size_plan(data_cfg.image_size)  # an unsupported size fails before any image is decoded
 
     # Rank 0 decodes (or finds cached) images first; the other ranks then read its cache entry.
-    if not dist.is_main:
-        dist.barrier()
-    data = load_image_data(data_cfg)
-    if dist.is_main:
-        dist.barrier()
+    data = dist.main_first(lambda: load_image_data(data_cfg))
     log(f"data: {data.name}, {len(data.train):,} train / {len(data.test):,} test images, "
         f"{data.config.image_size}px x {data.config.channels} channel(s), {data.num_classes} classes")
 

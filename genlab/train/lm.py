@@ -125,12 +125,8 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
                     raise ConfigError(f"--init-from keeps the parent's architecture; cannot change "
                                       f"{', '.join(sorted(changed))}")
 
-    # Rank 0 prepares (or finds cached) data; the other ranks read the cache it wrote.
-    if not dist.is_main:
-        dist.barrier()
-    data = prep.prepare(data_cfg, tok=tok, log=log)
-    if dist.is_main:
-        dist.barrier()
+    # Rank 0 prepares (or finds cached) data; the other ranks then read the cache it wrote.
+    data = dist.main_first(lambda: prep.prepare(data_cfg, tok=tok, log=log))
 
     if not spec.resume:
         vocab = data.meta["vocab_size"]
