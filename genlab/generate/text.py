@@ -168,16 +168,16 @@ class LanguageModel:
                 emitted = safe
             step = torch.tensor([[tok]], dtype=torch.long, device=self.device)
             tokens = torch.cat([tokens, step], dim=1)
-            if use_cache:
-                if tokens.shape[1] > ctx:
-                    # Context full: keep the newest half and re-read it into a fresh cache.
-                    tokens = tokens[:, -(ctx // 2):]
-                    cache = self.model.new_cache(1)
-                    logits = self.model(tokens, cache, 0)[0, -1]
-                else:
-                    logits = self.model(step, cache, tokens.shape[1] - 1)[0, -1]
+            if tokens.shape[1] > ctx:
+                # Context full: keep the newest half and re-read it (into a fresh cache). Both paths shift
+                # the same way, so cached and recomputed generation see the same tokens.
+                tokens = tokens[:, -(ctx // 2):]
+                cache = self.model.new_cache(1) if use_cache else None
+                logits = self.model(tokens, cache, 0)[0, -1] if use_cache else self.model(tokens)[0, -1]
+            elif use_cache:
+                logits = self.model(step, cache, tokens.shape[1] - 1)[0, -1]
             else:
-                logits = self.model(tokens[:, -ctx:])[0, -1]
+                logits = self.model(tokens)[0, -1]
         text = self.decode(out)
         if len(text) > emitted:
             yield text[emitted:]
