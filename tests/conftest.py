@@ -82,3 +82,28 @@ def trained_run(tmp_path_factory, corpus_dir) -> Path:
         model_overrides={"context": 64},
         train=train_config("tiny", steps=60, eval_every=30, checkpoint_every=30, batch_size=8), quiet=True))
     return run
+
+
+def train_tiny_image_run(family: str, run: Path, steps: int) -> Path:
+    """A tiny GAN or VAE on 16x16 drawn shapes (4 classes, conditional)."""
+    from genlab.data.images import ImageDataConfig
+    from genlab.train.image import ImageTrainSpec, image_train_config, train_image
+
+    train_image(ImageTrainSpec(
+        family=family, run=run, data=ImageDataConfig("shapes", image_size=16, channels=1, shapes_count=256),
+        preset="tiny", quiet=True,
+        train=image_train_config(family, "tiny", steps=steps, batch_size=16, eval_every=steps,
+                                 checkpoint_every=steps)))
+    return run
+
+
+@pytest.fixture(scope="session")
+def gan_run(tmp_path_factory) -> Path:
+    """A tiny conditional GAN (read-only for tests)."""
+    return train_tiny_image_run("gan", tmp_path_factory.mktemp("runs") / "gan", 20)
+
+
+@pytest.fixture(scope="session")
+def vae_run(tmp_path_factory) -> Path:
+    """A tiny conditional VAE (read-only for tests)."""
+    return train_tiny_image_run("vae", tmp_path_factory.mktemp("runs") / "vae", 150)

@@ -18,34 +18,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from genlab.cli import app, main
-from genlab.data.images import SHAPES_CLASSES, ImageDataConfig, draw_shapes
+from genlab.data.images import SHAPES_CLASSES, draw_shapes
 from genlab.generate.images import ImageGenerator
-from genlab.train.image import ImageTrainSpec, image_train_config, train_image
 
 from .conftest import GENLAB, ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is fastest
 
 runner = CliRunner()
-
-
-def _train(family: str, run: Path, steps: int) -> Path:
-    train_image(ImageTrainSpec(
-        family=family, run=run, data=ImageDataConfig("shapes", image_size=16, channels=1, shapes_count=256),
-        preset="tiny", quiet=True,
-        train=image_train_config(family, "tiny", steps=steps, batch_size=16, eval_every=steps,
-                                 checkpoint_every=steps)))
-    return run
-
-
-@pytest.fixture(scope="module")
-def gan_run(tmp_path_factory) -> Path:
-    return _train("gan", tmp_path_factory.mktemp("runs") / "gan", 20)
-
-
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory) -> Path:
-    return _train("vae", tmp_path_factory.mktemp("runs") / "vae", 150)
 
 
 @pytest.fixture(scope="module")

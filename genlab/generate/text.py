@@ -9,7 +9,7 @@ context, the window shifts: the newest half is kept and re-read, then generation
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ class GenerationInfo:
     completion_tokens: int = 0
     truncated: int = 0  # prompt tokens cut from the left to fit the context
     finish_reason: str = "length"  # "length" | "stop"
+    completion_ids: list[int] = field(default_factory=list)  # the sampled token ids
 
 
 @dataclass
@@ -155,6 +156,7 @@ class LanguageModel:
                 break
             out.append(tok)
             info.completion_tokens = len(out)
+            info.completion_ids = out
             text = self.decode(out)
             hit = min((i for i in (text.find(s) for s in opts.stop) if i >= 0), default=-1)
             if hit >= 0:
@@ -189,6 +191,10 @@ def load_lm(run: str | Path, device: str = "auto") -> LanguageModel:
         from genlab.export.onnx import load_onnx_lm
 
         return load_onnx_lm(run)
+    if (run / "genlab-export.json").is_file():  # an ExecuTorch / LiteRT export folder
+        from genlab.export.common import load_bundle_lm
+
+        return load_bundle_lm(run)
     cfg = runs.read_config(run, family="lm")
     model = Transformer(LMConfig.from_dict(cfg["model"]))
     quant = cfg.get("quantization")
