@@ -697,41 +697,76 @@ def distill_cmd(
 
 import_app = typer.Typer(no_args_is_help=True, help="Bring a model from another format into a genlab run.")
 app.add_typer(import_app, name="import")
-EXPORT_FORMATS = ("hf", "onnx", "gguf")
+# format -> families it takes; image models export their generator (GAN) or decoder (VAE)
+EXPORT_FORMATS = {"hf": ("lm",), "onnx": ("lm", "gan", "vae"), "gguf": ("lm",), "executorch": ("lm", "gan", "vae"),
+                  "tflite": ("lm", "gan", "vae"), "coreml": ("lm", "gan", "vae")}
+INT8_FORMATS = ("onnx", "executorch", "tflite")
+
+
+def _default_export_path(run: Path, fmt: str, int8: bool, gguf_type: str, compress: str | None) -> Path:
+    suffix = "-int8" if int8 else ""
+    names = {"hf": f"{run.name}-hf", "onnx": f"{run.name}{suffix}.onnx", "gguf": f"{run.name}-{gguf_type}.gguf",
+             "executorch": f"{run.name}-executorch{suffix}", "tflite": f"{run.name}-tflite{suffix}",
+             "coreml": f"{run.name}-coreml{'-' + compress if compress else ''}"}
+    return run.with_name(names[fmt])
 
 
 @app.command("export")
 def export_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory of a trained (or quantized) LM.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="hf (transformers folder), onnx (file with KV cache) "
-                                                            "or gguf (llama.cpp file).")] = None,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Folder (hf), .onnx or .gguf file.")] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="onnx: int8 weights via onnxruntime's dynamic quantizer.")] = False,
+    run: Annotated[Path, typer.Argument(help="Run directory of a trained (or quantized) LM, GAN or VAE.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="hf, onnx, gguf, executorch, tflite or coreml "
+                                                            "(see docs/export.md).")] = None,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Folder (hf, executorch, tflite, coreml), "
+                                                               ".onnx or .gguf file.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="onnx, executorch, tflite: int8 weights "
+                                                      "(dynamic int8 matrix products).")] = False,
     gguf_type: Annotated[str, typer.Option("--type", help="gguf: f16 or q8_0.")] = "f16",
+    compress: Annotated[str, typer.Option("--compress", help="coreml: palettize4, palettize6 or int8 "
+                                                             "weight compression.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ):
-    """Export an LM; a parity check against PyTorch runs at the end and prints the largest logit difference."""
+    """Export a model; a parity check against PyTorch runs at the end and prints the largest difference."""
     if fmt not in EXPORT_FORMATS:
         raise GenlabError(f"give --format: one of {', '.join(EXPORT_FORMATS)}" if fmt is None else
                           f"unknown format '{fmt}'; choose one of: {', '.join(EXPORT_FORMATS)}")
-    if fmt != "onnx" and int8:
-        raise GenlabError("--int8 applies to --format onnx only (for gguf use --type q8_0)")
+    if int8 and fmt not in INT8_FORMATS:
+        raise GenlabError(f"--int8 applies to --format {', '.join(INT8_FORMATS)} "
+                          f"(gguf: --type q8_0; coreml: --compress int8)")
+    if compress and fmt != "coreml":
+        raise GenlabError("--compress applies to --format coreml only")
+    from genlab.runs import read_config
+
+    family = read_config(run)["family"]
+    if family not in EXPORT_FORMATS[fmt]:
+        other = ", ".join(f for f, fams in EXPORT_FORMATS.items() if family in fams)
+        raise GenlabError(f"{fmt} export is for language models; '{run}' holds a {family} model "
+                          f"(export it with --format {other})")
     log = lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    target = out_path or _default_export_path(run, fmt, int8, gguf_type, compress)
     if fmt == "hf":
         from genlab.export.hf import export_hf
 
-        target = out_path or run.with_name(f"{run.name}-hf")
         export_hf(run, target, overwrite=overwrite, log=log)
     elif fmt == "onnx":
         from genlab.export.onnx import export_onnx
 
-        target = out_path or run.with_name(f"{run.name}{'-int8' if int8 else ''}.onnx")
         export_onnx(run, target, int8=int8, overwrite=overwrite, log=log)
-    else:
+    elif fmt == "gguf":
         from genlab.export.gguf import export_gguf
 
-        target = out_path or run.with_name(f"{run.name}-{gguf_type}.gguf")
         export_gguf(run, target, gguf_type, overwrite=overwrite, log=log)
+    elif fmt == "executorch":
+        from genlab.export.executorch import export_executorch
+
+        export_executorch(run, target, int8=int8, overwrite=overwrite, log=log)
+    elif fmt == "tflite":
+        from genlab.export.tflite import export_tflite
+
+        export_tflite(run, target, int8=int8, overwrite=overwrite, log=log)
+    else:
+        from genlab.export.coreml import export_coreml
+
+        export_coreml(run, target, compress=compress, overwrite=overwrite, log=log)
     out.print(f"{fmt} -> {target}")
 
 

@@ -64,5 +64,9 @@ def test_staged_file_appears_whole_or_not_at_all(tmp_path):
 
 def test_parity_check_fails_beyond_its_tolerance():
     assert Parity("x", 1e-5, 1e-4).check().ok
-    with pytest.raises(ExportError, match=r"parity check failed \(x\): max \|logit diff\| 0.5 exceeds 0.1"):
+    with pytest.raises(ExportError, match=r"parity check failed \(x\): max \|logit diff\| 0.5 \(tolerance 0.1"):
         Parity("x", 0.5, 0.1).check()
+    # images: a small maximum is not enough, the mean has its own bound
+    assert Parity("y", 0.1, 0.3, unit="pixel", mean_abs_diff=0.01, mean_tolerance=0.03).ok
+    with pytest.raises(ExportError, match=r"max \|pixel diff\| 0.1 .*mean 0.05 \(tolerance 0.03\)"):
+        Parity("y", 0.1, 0.3, unit="pixel", mean_abs_diff=0.05, mean_tolerance=0.03).check()

@@ -103,3 +103,41 @@ def test_int8_export_is_smaller_and_close(tmp_path, trained_run, exported):
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in
                __import__("onnx").load(str(path)).graph.node)
     assert isinstance(lm.generate("The cat", max_tokens=20, seed=0), str)
+
+
+@pytest.mark.parametrize("family", ["gan", "vae"])
+def test_image_generator_export_runs_in_onnxruntime_at_any_batch(family, request, tmp_path):
+    import json
+
+    from genlab.export.image import load_image_decoder
+
+    run = request.getfixturevalue(f"{family}_run")
+    path = tmp_path / f"{family}.onnx"
+    lines = []
+    export_onnx(run, path, log=lines.append)
+    assert "max |pixel diff|" in lines[0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["z", "labels"]  # the tiny runs are conditional
+    assert [o.name for o in session.get_outputs()] == ["images"]
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["genlab.config"])
+    assert meta["family"] == family and meta["image_shape"] == [1, 16, 16] and len(meta["class_names"]) == 4
+    # a batch size the graph was not traced with: the batch axis is dynamic
+    g = torch.Generator().manual_seed(5)
+    z, labels = torch.randn(3, meta["latent_dim"], generator=g), torch.tensor([0, 3, 1])
+    got = session.run(None, {"z": z.numpy(), "labels": labels.numpy()})[0]
+    _, decoder = load_image_decoder(run)
+    with torch.no_grad():
+        ref = decoder(z, labels).numpy()
+    assert got.shape == (3, 1, 16, 16)
+    assert np.abs(got - ref).max() < 1e-4
+    # int8: smaller, checked against its (looser) pixel tolerances
+    small = tmp_path / f"{family}-int8.onnx"
+    export_onnx(run, small, int8=True, log=lines.append)
+    assert small.stat().st_size < path.stat().st_size and "onnxruntime int8" in lines[-1]
+
+
+def test_lm_only_formats_refuse_image_runs(gan_run, tmp_path):
+    r = subprocess.run([*GENLAB, "export", str(gan_run), "--format", "gguf", "--out", str(tmp_path / "g.gguf")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "language model" in r.stderr
+    assert not (tmp_path / "g.gguf").exists()

@@ -79,20 +79,25 @@ class Parity:
     tolerance: float
     logit_scale: float = 0.0  # largest |logit| of the reference, to read the difference against
     unit: str = "logit"  # "logit" for LMs, "pixel" for generated images in [0, 1]
+    mean_abs_diff: float | None = None  # images: the mean difference too, with its own tolerance
+    mean_tolerance: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        mean_ok = self.mean_tolerance is None or (self.mean_abs_diff or 0.0) <= self.mean_tolerance
+        return self.max_abs_diff <= self.tolerance and mean_ok
 
     def line(self) -> str:
         scale = f", logits up to {self.logit_scale:.3g}" if self.unit == "logit" else ""
+        mean = (f", mean {self.mean_abs_diff:.3g} (tolerance {self.mean_tolerance:g})"
+                if self.mean_abs_diff is not None else "")
         return (f"parity ({self.what}): max |{self.unit} diff| {self.max_abs_diff:.3g} "
-                f"(tolerance {self.tolerance:g}{scale})")
+                f"(tolerance {self.tolerance:g}{scale}){mean}")
 
     def check(self) -> Parity:
         if not self.ok:
-            raise ExportError(f"parity check failed ({self.what}): max |{self.unit} diff| {self.max_abs_diff:.3g} "
-                              f"exceeds {self.tolerance:g}; the export was not written")
+            raise ExportError(f"parity check failed {self.line().removeprefix('parity ')}: beyond tolerance; "
+                              f"the export was not written")
         return self
 
 

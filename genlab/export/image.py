@@ -22,8 +22,9 @@ from genlab.generate.images import ImageGenerator
 
 # fp32 graphs differ from PyTorch by float rounding only; images are in [0, 1].
 PIXEL_TOLERANCE = 1e-3
-# Quantized or fp16 graphs: a visible but small change (measured figures are in docs/export.md).
-LOW_PRECISION_PIXEL_TOLERANCE = 0.1
+# Quantized or fp16 graphs: the average pixel barely moves, but a few pixels can move a lot (dynamic
+# int8 of the GAN's first linear layer: max 0.19, mean 0.0065 on Fashion-MNIST), so both are checked.
+LOW_PRECISION_PIXEL_TOLERANCE = 0.3
 
 
 class ImageDecoder(nn.Module):
@@ -61,5 +62,7 @@ def image_meta(gen: ImageGenerator) -> dict:
 
 
 def image_parity(reference: torch.Tensor, got, what: str, tolerance: float = PIXEL_TOLERANCE) -> Parity:
-    got = torch.as_tensor(got, dtype=torch.float32).reshape(reference.shape)
-    return Parity(what, (reference - got).abs().max().item(), tolerance, unit="pixel")
+    """Largest and mean absolute pixel difference; the mean must stay within a tenth of ``tolerance``."""
+    diff = (reference - torch.as_tensor(got, dtype=torch.float32).reshape(reference.shape)).abs()
+    return Parity(what, diff.max().item(), tolerance, unit="pixel", mean_abs_diff=diff.mean().item(),
+                  mean_tolerance=tolerance / 10)

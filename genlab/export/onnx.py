@@ -100,16 +100,21 @@ def _trace(model: Transformer, path: Path) -> None:
     seq = torch.export.Dim("seq", min=2, max=cfg.context)
     past_len = torch.export.Dim("past", min=1, max=cfg.context - 1)
     shapes = {"input_ids": {0: batch, 1: seq}, "past": [{0: batch, 2: past_len}] * (2 * cfg.n_layer)}
+    _export_graph(_Decoder(model).eval(), (ids, past), shapes, ["input_ids", *_names(cfg.n_layer, "past")],
+                  ["logits", *_names(cfg.n_layer, "present")], path)
+
+
+def _export_graph(module: nn.Module, args: tuple, shapes, input_names: list[str], output_names: list[str],
+                  path: Path) -> None:
     onnx_log = logging.getLogger("torch.onnx")
     level = onnx_log.level
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, skipped torchvision ops)
         onnx_log.setLevel(logging.ERROR)
         try:
-            program = torch.onnx.export(
-                _Decoder(model).eval(), (ids, past), dynamo=True, dynamic_shapes=shapes, opset_version=OPSET,
-                input_names=["input_ids", *_names(cfg.n_layer, "past")],
-                output_names=["logits", *_names(cfg.n_layer, "present")], optimize=True, verbose=False)
+            program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes, opset_version=OPSET,
+                                        input_names=input_names, output_names=output_names, optimize=True,
+                                        verbose=False)
         finally:
             onnx_log.setLevel(level)
     program.save(str(path))
@@ -125,32 +130,39 @@ def _int8(src: Path, dst: Path) -> None:
         logging.disable(logging.NOTSET)
 
 
-def _stamp(path: Path, cfg: LMConfig, tok_path: Path, int8: bool) -> None:
-    """Put the tokenizer and genlab's config into the file's metadata_props (and drop debug records)."""
+def _stamp(path: Path, props: dict[str, str]) -> None:
+    """Put genlab's metadata (config, tokenizer) into the file's metadata_props (and drop debug records)."""
     import onnx
 
     proto = onnx.load(str(path))
     for node in proto.graph.node:  # the exporter's per-node debug records (stack traces): a third of the file
         del node.metadata_props[:]
-    meta = {"format": FORMAT, "genlab_version": genlab.__version__, "model": cfg.to_dict(), "int8": int8,
-            "eos_token": tokmod.EOT}
-    props = {p.key: p.value for p in proto.metadata_props}
-    props.update({"genlab.config": json.dumps(meta), "genlab.tokenizer": tok_path.read_text()})
+    merged = {p.key: p.value for p in proto.metadata_props}
+    merged.update(props)
     del proto.metadata_props[:]
-    for k, v in props.items():
+    for k, v in merged.items():
         proto.metadata_props.add(key=k, value=v)
     proto.producer_name = "genlab"
     onnx.save(proto, str(path))
 
 
+def _lm_props(cfg: LMConfig, tok_path: Path, int8: bool) -> dict[str, str]:
+    meta = {"format": FORMAT, "genlab_version": genlab.__version__, "model": cfg.to_dict(), "int8": int8,
+            "eos_token": tokmod.EOT}
+    return {"genlab.config": json.dumps(meta), "genlab.tokenizer": tok_path.read_text()}
+
+
 @torch.no_grad()
 def export_onnx(run: str | Path, out: str | Path, int8: bool = False, overwrite: bool = False,
                 log=print) -> Parity:
-    """Export ``run`` to the .onnx file ``out``; the parity check runs before the file is put in place."""
+    """Export ``run`` to the .onnx file ``out``; the parity check runs before the file is put in place.
+    LM runs export the decoder with its KV cache, GAN/VAE runs their generator/decoder."""
     _require_onnx()
     run, out = Path(run), Path(out)
     if out.suffix != ".onnx":
         raise ExportError(f"--out for onnx must end in .onnx (got '{out}')")
+    if runs.read_config(run)["family"] in ("gan", "vae"):
+        return export_image_onnx(run, out, int8=int8, overwrite=overwrite, log=log)
     model, _ = load_float_model(run)
     with staged_file(out, overwrite) as tmp, tempfile.TemporaryDirectory(dir=out.parent) as work:
         traced = Path(work) / "model.onnx"
@@ -158,7 +170,7 @@ def export_onnx(run: str | Path, out: str | Path, int8: bool = False, overwrite:
         if int8:
             _int8(traced, Path(work) / "int8.onnx")
             traced = Path(work) / "int8.onnx"
-        _stamp(traced, model.cfg, run / runs.TOKENIZER, int8)
+        _stamp(traced, _lm_props(model.cfg, run / runs.TOKENIZER, int8))
         os.replace(traced, tmp)
         parity = onnx_parity(model, OnnxTransformer(tmp), int8=int8)
         log(parity.line())
@@ -185,6 +197,51 @@ def onnx_parity(model: Transformer, onnx_model: OnnxTransformer, prompt: int = 1
     tol = INT8_RELATIVE_TOLERANCE * scale if int8 else TOLERANCE
     what = f"onnxruntime{' int8' if int8 else ''} vs PyTorch, prefill {prompt} tokens + {steps} decode steps"
     return Parity(what, diff, tol, scale)
+
+
+# ---- image models: the generator / decoder --------------------------------------------------------
+
+IMAGE_FORMAT = "genlab-image/1"
+
+
+def export_image_onnx(run: Path, out: Path, int8: bool = False, overwrite: bool = False, log=print) -> Parity:
+    """The GAN's generator or VAE's decoder as one graph, ``z (batch, latent)`` [+ ``labels (batch,)``
+    int64] -> ``images (batch, channels, size, size)`` in [0, 1], with a dynamic batch."""
+    from genlab.export.image import (
+        LOW_PRECISION_PIXEL_TOLERANCE,
+        PIXEL_TOLERANCE,
+        example_inputs,
+        image_meta,
+        image_parity,
+        load_image_decoder,
+    )
+
+    _, ort = _require_onnx()
+    gen, decoder = load_image_decoder(run)
+    args = example_inputs(decoder, batch=2)
+    names = ["z", "labels"][: len(args)]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = {"z": {0: batch}, **({"labels": {0: batch}} if decoder.conditional else {})}
+    with staged_file(out, overwrite) as tmp, tempfile.TemporaryDirectory(dir=out.parent) as work:
+        traced = Path(work) / "model.onnx"
+        _export_graph(decoder, args, shapes, names, ["images"], traced)
+        if int8:
+            _int8(traced, Path(work) / "int8.onnx")
+            traced = Path(work) / "int8.onnx"
+        meta = {"format": IMAGE_FORMAT, "genlab_version": genlab.__version__, "family": gen.family, "int8": int8,
+                **image_meta(gen)}
+        _stamp(traced, {"genlab.config": json.dumps(meta)})
+        os.replace(traced, tmp)
+        probe = example_inputs(decoder, batch=8, seed=1)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, probe, strict=True)})[0]
+        with torch.no_grad():
+            ref = decoder(*probe)
+        parity = image_parity(ref, got, f"onnxruntime{' int8' if int8 else ''} vs PyTorch, {len(ref)} images",
+                              LOW_PRECISION_PIXEL_TOLERANCE if int8 else PIXEL_TOLERANCE)
+        log(parity.line())
+        parity.check()
+    return parity
 
 
 # ---- running an export ------------------------------------------------------------------------
