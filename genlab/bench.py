@@ -74,7 +74,7 @@ def train_flops_per_token(cfg: LMConfig, n_params: int) -> float:
     return 6 * n_params + 12 * cfg.n_layer * cfg.d_model * cfg.context
 
 
-def _append(path: Path | None, title: str, command: str, table_md: str, notes: str = "") -> None:
+def append_section(path: Path | None, title: str, command: str, table_md: str, notes: str = "") -> None:
     if path is None:
         return
     stamp = dt.date.today().isoformat()
@@ -136,7 +136,7 @@ def bench_train_lm(names: list[str], steps: int = 10, write: Path | None = None,
     rows = [[r["config"], f"{r['params']:,}", f"{r['batch']} x {r['context']}", f"{r['step_ms']:.1f}",
              f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}"] for r in results]
     _show("train-lm", headers, rows)
-    _append(write, "Training throughput (`bench train-lm`)", "genlab bench train-lm " + " ".join(sys.argv[3:]),
+    append_section(write, "Training throughput (`bench train-lm`)", "genlab bench train-lm " + " ".join(sys.argv[3:]),
             _markdown(headers, rows),
             f"Peak: best fp32 1024x1024 matmul measured in the same run, {peak / 1e9:.1f} GFLOP/s. "
             f"Median of {steps} optimizer steps after {warmup} warm-up steps, real trainer (AdamW, "
@@ -175,7 +175,7 @@ def bench_generate(lengths: list[int], preset: str = "small", write: Path | None
     rows = [[str(r["new_tokens"]), f"{r['cache']:,.1f}", f"{r['no_cache']:,.1f}", f"{r['speedup']:.2f}x"]
             for r in results]
     _show("generate", headers, rows)
-    _append(write, f"Decode speed, KV cache on/off (`bench generate`, {preset} preset)",
+    append_section(write, f"Decode speed, KV cache on/off (`bench generate`, {preset} preset)",
             "genlab bench generate " + " ".join(sys.argv[3:]), _markdown(headers, rows),
             f"{cfg.n_layer} layers x {cfg.d_model} wide, vocab {cfg.vocab_size}, context {cfg.context}, "
             f"{prompt_tokens}-token prompt, greedy, batch 1, the real `generate` path (tokenizer decode and "
@@ -213,7 +213,7 @@ def bench_train_image(family: str, presets: list[str], steps: int = 20, write: P
     rows = [[r["preset"], f"{r['params']:,}", str(r["batch"]), f"{r['step_ms']:.1f}", f"{r['images_per_s']:,.0f}",
              f"{r['wall_s']:.1f}"] for r in results]
     _show(f"train-{family}", headers, rows)
-    _append(write, f"{family.upper()} training throughput (`bench train-{family}`, {data.name})",
+    append_section(write, f"{family.upper()} training throughput (`bench train-{family}`, {data.name})",
             f"genlab bench train-{family} " + " ".join(sys.argv[3:]), _markdown(headers, rows),
             f"Median of {steps} optimizer steps after {warmup} warm-up steps, real trainer and task "
             f"({data.name}, {data.config.image_size}px). Wall time: building the model, all steps, the final "

@@ -446,7 +446,7 @@ def augment_cmd(
     """Does generated data help a classifier trained on few real images? Test accuracy with and without."""
     from dataclasses import replace
 
-    from genlab.bench import _append, _markdown, _show
+    from genlab.bench import _markdown, _show, append_section
     from genlab.evaluate.augment import AUGMENT_CLASSIFIER, run_augmentation, table
 
     try:
@@ -457,7 +457,7 @@ def augment_cmd(
     rows = run_augmentation(generator, counts, synthetic, seeds, cfg, device=device, log=err.print)
     headers, body = table(rows)
     _show(f"augmentation with {generator}", headers, body)
-    _append(write, f"Augmentation with generated images ({generator})", "genlab augment " + " ".join(sys.argv[2:]),
+    append_section(write, f"Augmentation with generated images ({generator})", "genlab augment " + " ".join(sys.argv[2:]),
             _markdown(headers, body), f"Test accuracy on the whole test split; the same classifier and "
             f"{cfg.steps} steps of batch {cfg.batch_size} in both arms; mean ± std over {seeds} seeds.")
 
@@ -486,6 +486,35 @@ def bench_generate_cmd(
     from genlab.bench import bench_generate
 
     bench_generate([int(x) for x in lengths.split(",")], preset, None if no_write else write)
+
+
+@bench_app.command("runtimes")
+def bench_runtimes_cmd(
+    run: Annotated[Path, typer.Argument(help="LM run (float) to quantize, export and measure.")],
+    only: Annotated[str, typer.Option(help="Comma list of runtimes (pytorch, onnxruntime, executorch, litert, "
+                                           "llama.cpp, transformers) or runtime:precision; default all.")] = "",
+    prompt_tokens: int = 64,
+    decode_tokens: int = 128,
+    work: Annotated[Path, typer.Option(help="Folder for the exported variants (reused between runs).")] = None,
+    write: Annotated[Path, typer.Option(help="Append the table to this Markdown file.")] = Path("BENCHMARKS.md"),
+    no_write: Annotated[bool, typer.Option("--no-write")] = False,
+):
+    """Every runtime and precision side by side: size, load, prefill, decode tok/s, memory, parity."""
+    from genlab.bench import append_section
+    from genlab.bench_runtimes import bench_runtimes, markdown_table
+
+    rows = bench_runtimes(run, work, prompt_tokens, decode_tokens,
+                          only=[x.strip() for x in only.split(",") if x.strip()] or None,
+                          log=lambda m: err.print(m, markup=False, highlight=False))
+    table = markdown_table(rows)
+    out.print(table, markup=False, highlight=False, soft_wrap=True)
+    if not no_write:
+        cmd = f"genlab bench runtimes {run}" + (f" --only {only}" if only else "")
+        append_section(write, f"Runtimes for {run.name} (`bench runtimes`)", cmd, table,
+                       f"Prompt {prompt_tokens} validation tokens, then {decode_tokens} one-token decode steps "
+                       f"(decode tok/s = 1 / median step time); each row measured in its own process; parity "
+                       f"against PyTorch eager fp32; greedy agreement = identical leading greedy tokens; "
+                       f"perplexity on the first 4,096 validation tokens.")
 
 
 ImgBenchPresets = Annotated[str, typer.Option(help="Comma list of presets: tiny, small.")]
@@ -723,6 +752,8 @@ def export_cmd(
     gguf_type: Annotated[str, typer.Option("--type", help="gguf: f16 or q8_0.")] = "f16",
     compress: Annotated[str, typer.Option("--compress", help="coreml: palettize4, palettize6 or int8 "
                                                              "weight compression.")] = None,
+    stateful: Annotated[bool, typer.Option("--stateful", help="coreml: keep the LM's KV cache as Core ML "
+                                                              "state (iOS 18).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ):
     """Export a model; a parity check against PyTorch runs at the end and prints the largest difference."""
@@ -732,8 +763,8 @@ def export_cmd(
     if int8 and fmt not in INT8_FORMATS:
         raise GenlabError(f"--int8 applies to --format {', '.join(INT8_FORMATS)} "
                           f"(gguf: --type q8_0; coreml: --compress int8)")
-    if compress and fmt != "coreml":
-        raise GenlabError("--compress applies to --format coreml only")
+    if (compress or stateful) and fmt != "coreml":
+        raise GenlabError(f"{'--compress' if compress else '--stateful'} applies to --format coreml only")
     from genlab.runs import read_config
 
     family = read_config(run)["family"]
@@ -766,7 +797,7 @@ def export_cmd(
     else:
         from genlab.export.coreml import export_coreml
 
-        export_coreml(run, target, compress=compress, overwrite=overwrite, log=log)
+        export_coreml(run, target, compress=compress, stateful=stateful, overwrite=overwrite, log=log)
     out.print(f"{fmt} -> {target}")
 
 

@@ -21,7 +21,7 @@ from genlab.export.image import (
 
 pytest.importorskip("executorch.runtime")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # lowering takes minutes
 
 
 def _export(run, out, **kw):

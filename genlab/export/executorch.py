@@ -39,6 +39,7 @@ ExecuTorch's portable kernels.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from contextlib import contextmanager
@@ -119,6 +120,20 @@ def _capture(module: torch.nn.Module, inputs: tuple, quantize: str | None = None
     for sample in calibration or [inputs]:
         prepared(*sample)
     return torch.export.export(convert_pt2e(prepared), inputs, strict=False)
+
+
+def _affine_batch_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose batch norms without affine parameters get the identity ones
+    (gain 1, bias 0): the same function, but XNNPACK's batch-norm pass in ExecuTorch 1.5 names the
+    constants it makes after the gain, so several gain-less norms (the GAN's class-conditional ones)
+    collide and all get the first one's channel count."""
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.affine:
+            m.weight = torch.nn.Parameter(torch.ones(m.num_features))
+            m.bias = torch.nn.Parameter(torch.zeros(m.num_features))
+            m.affine = True
+    return module
 
 
 def _lower(programs: dict[str, torch.export.ExportedProgram], path: Path) -> None:
@@ -292,7 +307,7 @@ def _export_image(run: Path, out: Path, family: str, int8: bool, overwrite: bool
         log(f"exporting the {'generator' if family == 'gan' else 'decoder'} of the {family.upper()} run (batch {IMAGE_BATCH})"
             f"{' with static int8' if int8 else ''}, lowering to XNNPACK")
         with _quiet():
-            program = _capture(decoder, inputs, "static" if int8 else None, calibration)
+            program = _capture(_affine_batch_norms(decoder), inputs, "static" if int8 else None, calibration)
             _lower({IMAGE_METHOD: program}, folder / IMAGE_FILE)
         got = run_image_program(folder / IMAGE_FILE, *inputs)
         what = f"ExecuTorch{' int8' if int8 else ''} vs PyTorch, {IMAGE_BATCH} images"

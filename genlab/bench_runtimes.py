@@ -1,0 +1,355 @@
+"""`genlab bench runtimes RUN`: one LM, every runtime and precision available here, side by side.
+
+The parent process prepares each variant (quantized run, .onnx, ExecuTorch / LiteRT folders, GGUF,
+transformers folder) and then measures each in a fresh worker process, so load time and peak
+memory (the worker's maximum resident set) belong to that runtime alone. Every worker gets the same
+inputs: a prompt of real validation tokens, a fixed continuation fed one token at a time (so the
+decode steps do the same work everywhere), greedy generation from the same prompt, and a slice of the
+validation split for perplexity. Parity is measured against PyTorch eager fp32 from the same files:
+max |logit diff| over the prompt and continuation, greedy-token agreement, perplexity change.
+
+Runtimes are driven through the calling convention ``LanguageModel`` uses
+(``model(idx, cache, start) -> logits``), so sampling, context shifts and scoring are genlab's own
+code for every row; llama.cpp and transformers get small adapters below. The transformers row also
+times ``model.generate`` itself, which is what its users run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genlab import runs
+from genlab.errors import ConfigError
+
+VARIANTS = [
+    ("pytorch", "fp32"), ("pytorch", "bf16"), ("pytorch", "int8"), ("pytorch", "int4"),
+    ("pytorch", "dynamic-int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("executorch", "fp32"),
+    ("executorch", "int8"), ("litert", "fp32"), ("litert", "int8"), ("llama.cpp", "f16"), ("llama.cpp", "q8_0"),
+    ("transformers", "fp32"),
+]
+
+
+class Skip(Exception):
+    """This variant cannot run here (a package is missing); the table says why."""
+
+
+@dataclass
+class Row:
+    runtime: str
+    precision: str
+    size_bytes: int = 0
+    load_s: float = 0.0
+    prefill_ms: float = 0.0
+    decode_tok_s: float = 0.0  # from the median time of one decode step
+    peak_rss_mb: float = 0.0
+    max_logit_diff: float = 0.0
+    greedy_agreement: int = 0
+    greedy_tokens: int = 0
+    ppl: float = 0.0
+    ppl_change_pct: float = 0.0
+    generate_tok_s: float | None = None  # transformers: model.generate's own decode rate
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# ---- preparing the files (parent process) ---------------------------------------------------------
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "tokenizer.json"
+                   and p.suffix != ".json")
+    return path.stat().st_size
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def prepare(run: Path, work: Path, runtime: str, precision: str, log) -> Path:
+    """Make the artifact this variant runs (once; reused on the next call) and return its path."""
+    quiet = lambda m: None  # noqa: E731  (exports print their parity lines; the table reports parity)
+    if runtime == "pytorch":
+        if precision in ("fp32", "bf16"):
+            return run
+        from genlab.optimize.quantize import QuantSpec, quantize_run
+
+        out = work / f"pytorch-{precision}"
+        if not out.exists():
+            quantize_run(run, out, QuantSpec(method=precision, group_size=32))
+        return out
+    if runtime == "onnxruntime":
+        if not (_have("onnxruntime") and _have("onnxscript")):
+            raise Skip("pip install 'genlab[export]'")
+        from genlab.export.onnx import export_onnx
+
+        out = work / f"model-{precision}.onnx"
+        if not out.exists():
+            export_onnx(run, out, int8=precision == "int8", log=quiet)
+        return out
+    if runtime in ("executorch", "litert"):
+        module, extra = ("executorch", "edge") if runtime == "executorch" else ("ai_edge_litert", "tflite")
+        if not _have(module) or (runtime == "litert" and not _have("litert_torch")):
+            raise Skip(f"pip install 'genlab[{extra}]'")
+        out = work / f"{runtime}-{precision}"
+        if not out.exists():
+            if runtime == "executorch":
+                from genlab.export.executorch import export_executorch as export
+            else:
+                from genlab.export.tflite import export_tflite as export
+            export(run, out, int8=precision == "int8", log=quiet)
+        return out
+    if runtime == "llama.cpp":
+        if not _have("llama_cpp"):
+            raise Skip("llama-cpp-python not installed (make gguf-check)")
+        from genlab.export.gguf import export_gguf
+
+        out = work / f"model-{precision}.gguf"
+        if not out.exists():
+            export_gguf(run, out, precision, log=quiet)
+        return out
+    if runtime == "transformers":
+        if not _have("transformers"):
+            raise Skip("pip install transformers")
+        from genlab.export.hf import export_hf
+
+        out = work / "hf"
+        if not out.exists():
+            export_hf(run, out, log=quiet)
+        return out
+    raise ConfigError(f"unknown runtime '{runtime}'")
+
+
+# ---- adapters for runtimes with their own generation loop ----------------------------------------
+
+class _LlamaCppModel:
+    """llama.cpp behind ``model(idx, cache, start)``: its own KV cache follows the calls."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, path: Path, cfg) -> None:
+        from llama_cpp import Llama
+
+        self.cfg = cfg
+        self.llm = Llama(model_path=str(path), n_ctx=cfg.context, logits_all=True, verbose=False,
+                         n_threads=os.cpu_count(), n_batch=cfg.context, seed=0)
+
+    def eval(self):
+        return self
+
+    def new_cache(self, batch: int = 1, max_len=None, dtype=None):
+        self.llm.reset()
+        return None
+
+    def __call__(self, idx: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
+        rows = []
+        for row in idx:
+            if start == 0 or len(idx) > 1:
+                self.llm.reset()
+            self.llm.eval(row.tolist())
+            n = self.llm.n_tokens
+            rows.append(torch.from_numpy(np.array(self.llm.scores[n - len(row) : n], dtype=np.float32)))
+        return torch.stack(rows)
+
+
+class _TransformersModel:
+    """transformers' LlamaForCausalLM behind ``model(idx, cache, start)`` with its DynamicCache."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, path: Path, cfg) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.cfg = cfg
+        self.hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+    def eval(self):
+        return self
+
+    def new_cache(self, batch: int = 1, max_len=None, dtype=None):
+        from transformers import DynamicCache
+
+        return {"past": DynamicCache()}
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
+        if cache is None:
+            return self.hf(input_ids=idx).logits
+        out = self.hf(input_ids=idx, past_key_values=cache["past"], use_cache=True)
+        cache["past"] = out.past_key_values
+        return out.logits
+
+
+def _open(runtime: str, precision: str, path: Path, run: Path):
+    """The variant as a ``LanguageModel`` (the timed part of loading)."""
+    import genlab
+    from genlab.data import tokenizer as tokmod
+    from genlab.generate.text import LanguageModel
+    from genlab.models.transformer import LMConfig
+
+    if runtime in ("pytorch", "onnxruntime", "executorch", "litert"):
+        lm = genlab.load(path, device="cpu") if runtime == "pytorch" else genlab.load(path)
+        if precision == "bf16":
+            lm.model.to(torch.bfloat16)
+        return lm
+    cfg = LMConfig.from_dict(runs.read_config(run)["model"])
+    model = _LlamaCppModel(path, cfg) if runtime == "llama.cpp" else _TransformersModel(path, cfg)
+    tok = tokmod.load(run / runs.TOKENIZER)
+    lm = LanguageModel(model, tok, path)  # type: ignore[arg-type]
+    return lm
+
+
+# ---- measuring (worker process) ---------------------------------------------------------------------
+
+@torch.no_grad()
+def measure(spec: dict) -> dict:
+    """Run in a fresh process: load, prefill, decode, greedy, perplexity; returns numbers and arrays' paths."""
+    torch.set_num_threads(spec["threads"])
+    work = Path(spec["work"])
+    seq = np.load(work / "sequence.npy")
+    val = np.load(work / "val.npy")
+    P = spec["prompt_tokens"]
+    t0 = time.perf_counter()
+    lm = _open(spec["runtime"], spec["precision"], Path(spec["path"]), Path(spec["run"]))
+    load_s = time.perf_counter() - t0
+    model = lm.model
+    prompt = torch.from_numpy(seq[:P])[None]
+    prefill = []
+    for _ in range(3):
+        cache = model.new_cache(1)
+        t = time.perf_counter()
+        first = model(prompt, cache, 0)
+        prefill.append(time.perf_counter() - t)
+    logits, steps = [first[0].float()], []
+    for i in range(P, len(seq)):
+        t = time.perf_counter()
+        out = model(torch.from_numpy(seq[i : i + 1])[None], cache, i)
+        steps.append(time.perf_counter() - t)
+        logits.append(out[0].float())
+    np.save(work / f"logits-{spec['key']}.npy", torch.cat(logits).numpy()[: len(seq) - 1])
+    lm.generate(spec["greedy_prompt"], max_tokens=spec["greedy_tokens"], temperature=0.0, ignore_eot=True)
+    greedy = list(lm.info.completion_ids)
+    ctx = lm.config.context
+    nll, count = 0.0, 0
+    for s in range(0, len(val) - 1, ctx):
+        w = torch.from_numpy(val[s : s + ctx + 1])[None]
+        out = model(w[:, :-1]).float()
+        nll += torch.nn.functional.cross_entropy(out[0], w[0, 1:], reduction="sum").item()
+        count += w.shape[1] - 1
+    result = {"load_s": load_s, "prefill_ms": 1000 * statistics.median(prefill),
+              "decode_tok_s": 1.0 / statistics.median(steps), "greedy": greedy, "loss": nll / count}
+    if spec["runtime"] == "transformers":  # what transformers users run: generate() itself
+        n = len(seq) - P
+        kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        model.hf.generate(prompt, **kw)  # warm-up
+        t = time.perf_counter()
+        model.hf.generate(prompt, **kw)
+        total = time.perf_counter() - t
+        result["generate_tok_s"] = n / max(total - statistics.median(prefill), 1e-9)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _worker_main() -> None:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(measure(spec)))
+
+
+# ---- the benchmark (parent) -------------------------------------------------------------------------
+
+def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_tokens: int = 64,
+                   decode_tokens: int = 128, greedy_tokens: int = 256, ppl_tokens: int = 4096,
+                   only: list[str] | None = None, threads: int | None = None, log=print) -> list[Row]:
+    from genlab.export.common import validation_tokens
+
+    run = Path(run)
+    cfg = runs.read_config(run, family="lm")
+    if cfg.get("quantization"):
+        raise ConfigError("give the float run; the benchmark makes its own quantized variants")
+    ctx = cfg["model"]["context"]
+    prompt_tokens = max(2, min(prompt_tokens, ctx // 2))
+    decode_tokens = max(1, min(decode_tokens, ctx - prompt_tokens))
+    val = validation_tokens(run, max(ppl_tokens, prompt_tokens + decode_tokens))
+    if val is None or len(val) < prompt_tokens + decode_tokens + 1:
+        raise ConfigError(f"run '{run}' has too little validation text for the benchmark")
+    work = Path(work or tempfile.mkdtemp(prefix="genlab-runtimes-"))
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "sequence.npy", val[: prompt_tokens + decode_tokens])
+    np.save(work / "val.npy", val[:ppl_tokens])
+    wanted = [v for v in VARIANTS if not only or v[0] in only or f"{v[0]}:{v[1]}" in only]
+    if not wanted:
+        raise ConfigError(f"--only matches no runtime; choose from: {', '.join(sorted({v[0] for v in VARIANTS}))}")
+    rows, reference = [], None
+    for runtime, precision in [("pytorch", "fp32")] + [v for v in wanted if v != ("pytorch", "fp32")]:
+        row = Row(runtime, precision)
+        key = f"{runtime}-{precision}".replace(".", "")
+        try:
+            log(f"{runtime} {precision}: preparing")
+            path = prepare(run, work, runtime, precision, log)
+        except Skip as e:
+            row.note = f"skipped: {e}"
+            rows.append(row)
+            continue
+        spec = dict(runtime=runtime, precision=precision, path=str(path), run=str(run), work=str(work), key=key,
+                    prompt_tokens=prompt_tokens, greedy_tokens=greedy_tokens, greedy_prompt="\n",
+                    threads=threads or torch.get_num_threads())
+        log(f"{runtime} {precision}: measuring")
+        proc = subprocess.run([sys.executable, "-c", "from genlab.bench_runtimes import _worker_main; _worker_main()",
+                               json.dumps(spec)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            row.note = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:160]
+            rows.append(row)
+            continue
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        row.size_bytes = _size(path if runtime != "pytorch" else path / runs.WEIGHTS)
+        row.load_s, row.prefill_ms, row.decode_tok_s = res["load_s"], res["prefill_ms"], res["decode_tok_s"]
+        row.peak_rss_mb, row.generate_tok_s = res["peak_rss_mb"], res.get("generate_tok_s")
+        logits = np.load(work / f"logits-{key}.npy")
+        if reference is None:
+            reference = {"logits": logits, "greedy": res["greedy"], "loss": res["loss"]}
+        row.max_logit_diff = float(np.abs(logits - reference["logits"]).max())
+        ref_greedy = reference["greedy"]
+        row.greedy_tokens = len(ref_greedy)
+        row.greedy_agreement = next((i for i, (a, b) in enumerate(zip(ref_greedy, res["greedy"], strict=False))
+                                     if a != b), min(len(ref_greedy), len(res["greedy"])))
+        row.ppl = float(np.exp(res["loss"]))
+        row.ppl_change_pct = 100 * float(np.expm1(res["loss"] - reference["loss"]))
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[Row]) -> str:
+    base = next((r.decode_tok_s for r in rows if (r.runtime, r.precision) == ("pytorch", "fp32")), 0.0)
+    lines = ["| runtime | precision | file size | load | prefill | decode tok/s (p50) | vs eager fp32 | "
+             "peak RSS | max logit diff | greedy agreement | perplexity (change) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.note:
+            lines.append(f"| {r.runtime} | {r.precision} | {r.note} |||||||||")
+            continue
+        dec = f"{r.decode_tok_s:,.0f}"
+        if r.generate_tok_s is not None:
+            dec += f" (generate(): {r.generate_tok_s:,.0f})"
+        ratio = f"{r.decode_tok_s / base:.2f}x" if base else ""
+        lines.append(
+            f"| {r.runtime} | {r.precision} | {r.size_bytes / 1e6:.2f} MB | {r.load_s:.2f} s | {r.prefill_ms:.1f} ms "
+            f"| {dec} | {ratio} | {r.peak_rss_mb:,.0f} MB | {r.max_logit_diff:.2g} | "
+            f"{r.greedy_agreement}/{r.greedy_tokens} | {r.ppl:.3f} ({r.ppl_change_pct:+.2f}%) |")
+    return "\n".join(lines)
+
+
+def rows_json(rows: list[Row]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=2)

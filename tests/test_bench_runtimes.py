@@ -1,0 +1,41 @@
+"""`genlab bench runtimes`: every variant is prepared, measured in its own process and compared with
+PyTorch eager fp32 (timings are reported, never asserted)."""
+
+import pytest
+
+from genlab.bench_runtimes import bench_runtimes, markdown_table
+from genlab.errors import ConfigError
+
+from .conftest import GENLAB
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_runtimes_table_compares_every_variant_with_eager_fp32(trained_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    rows = bench_runtimes(trained_run, tmp_path / "work", prompt_tokens=16, decode_tokens=8, greedy_tokens=32,
+                          ppl_tokens=512, only=["pytorch:int4", "onnxruntime:fp32"], threads=1, log=lambda m: None)
+    by = {(r.runtime, r.precision): r for r in rows}
+    assert list(by) == [("pytorch", "fp32"), ("pytorch", "int4"), ("onnxruntime", "fp32")]
+    ref, int4, ort = by[("pytorch", "fp32")], by[("pytorch", "int4")], by[("onnxruntime", "fp32")]
+    assert ref.max_logit_diff == 0 and ref.greedy_agreement == ref.greedy_tokens == 32
+    assert ort.max_logit_diff < 1e-4 and ort.greedy_agreement == 32 and abs(ort.ppl_change_pct) < 0.01
+    # int4 really is a different model: visible logit change, a smaller file, a perplexity near the reference
+    assert 1e-3 < int4.max_logit_diff < 2 and int4.size_bytes < ref.size_bytes / 4
+    assert abs(int4.ppl_change_pct) < 10 and int4.ppl > 1
+    for r in rows:
+        assert r.decode_tok_s > 0 and r.prefill_ms > 0 and r.peak_rss_mb > 50 and not r.note
+    table = markdown_table(rows)
+    assert table.count("\n") == 4 and "| onnxruntime | fp32 |" in table
+
+
+def test_runtimes_refuses_a_quantized_run_and_unknown_names(trained_run, tmp_path):
+    import subprocess
+
+    with pytest.raises(ConfigError, match="matches no runtime"):
+        bench_runtimes(trained_run, tmp_path, only=["tensorrt"], log=lambda m: None)
+    r = subprocess.run([*GENLAB, "quantize", str(trained_run), "--method", "int8", "--out", str(tmp_path / "q")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*GENLAB, "bench", "runtimes", str(tmp_path / "q"), "--no-write"], capture_output=True, text=True)
+    assert r.returncode == 2 and "float run" in r.stderr
