@@ -2,11 +2,14 @@
 
 1. trains the `small` LM on the fortunes corpus, evaluates it and generates from it;
 2. trains a `small` class-conditional VAE on Fashion-MNIST and writes a sample grid and a latent walk;
-3. makes a content-studio bundle (article, illustration, narration) from a default prompt.
+3. makes a content-studio bundle (article, illustration, narration) from a default prompt;
+4. shrinks and ships: quantizes the LM, exports it and the image decoder to ONNX, and prints the
+   runtime table (PyTorch eager fp32 / int8 / int4 / dynamic int8, onnxruntime fp32 / int8).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -22,9 +25,10 @@ PROMPTS = ("The secret of life is", "Q: Why did the programmer", "A fool")
 STUDIO_PROMPT = "Shoes for a long walk in the hills"
 
 
-def run_demo(out: Path, minutes: float = 3.0, image_minutes: float = 1.5, studio: bool = True) -> None:
+def run_demo(out: Path, minutes: float = 3.0, image_minutes: float = 1.5, studio: bool = True,
+             ship: bool = True) -> None:
     con = Console()
-    con.print(Panel.fit(f"genlab demo 1/3: a ~11M-parameter Llama-style LM trained on fortunes for {minutes:g} min"))
+    con.print(Panel.fit(f"genlab demo 1/4: a ~11M-parameter Llama-style LM trained on fortunes for {minutes:g} min"))
     tcfg = train_config("small", minutes=minutes, eval_every=100, checkpoint_every=100, eval_batches=10)
     train_lm(LMTrainSpec(run=out, data=DataConfig(corpus=["fortunes"], tokenizer="bpe", vocab_size=4096),
                          preset="small", train=tcfg, overwrite=True))
@@ -45,6 +49,8 @@ def run_demo(out: Path, minutes: float = 3.0, image_minutes: float = 1.5, studio
         image_run = None
     if studio:
         _studio_demo(con, out, image_run)
+    if ship:
+        _ship_demo(con, out, image_run)
 
 
 def _image_demo(con: Console, run: Path, minutes: float) -> None:
@@ -52,7 +58,7 @@ def _image_demo(con: Console, run: Path, minutes: float) -> None:
     from genlab.generate.images import ImageGenerator, save_grid, walk_frames, write_animation
     from genlab.train.image import ImageTrainSpec, image_train_config, train_image
 
-    con.print(Panel.fit(f"genlab demo 2/3: a class-conditional VAE on Fashion-MNIST for {minutes:g} min"))
+    con.print(Panel.fit(f"genlab demo 2/4: a class-conditional VAE on Fashion-MNIST for {minutes:g} min"))
     tcfg = image_train_config("vae", "small", minutes=minutes, eval_every=200, checkpoint_every=200)
     train_image(ImageTrainSpec(family="vae", run=run, data=ImageDataConfig(source="fashion-mnist"),
                                preset="small", train=tcfg, overwrite=True))
@@ -66,7 +72,7 @@ def _image_demo(con: Console, run: Path, minutes: float) -> None:
 def _studio_demo(con: Console, text_run: Path, image_run: Path | None) -> None:
     from genlab.studio.pipeline import StudioRequest, load_studio
 
-    con.print(Panel.fit(f"genlab demo 3/3: a studio bundle for \"{STUDIO_PROMPT}\""))
+    con.print(Panel.fit(f"genlab demo 3/4: a studio bundle for \"{STUDIO_PROMPT}\""))
     studio = load_studio(text_run, image_run)
     bundle_dir = text_run.with_name(text_run.name + "-bundle")
 
@@ -78,3 +84,34 @@ def _studio_demo(con: Console, text_run: Path, image_run: Path | None) -> None:
     con.print(f"bundle -> {bundle.folder / 'index.html'} (zip: {bundle.zip_path})")
     con.print(f"serve the models and the web studio: `genlab serve --text-run {text_run}"
               f"{' --image-run ' + str(image_run) if image_run else ''}` then open http://127.0.0.1:8000/")
+
+
+def _ship_demo(con: Console, text_run: Path, image_run: Path | None) -> None:
+    from genlab.bench_runtimes import bench_runtimes, markdown_table
+    from genlab.export.common import ExportError
+    from genlab.export.onnx import export_onnx
+    from genlab.optimize.quantize import QuantSpec, quantize_run
+
+    con.print(Panel.fit("genlab demo 4/4: shrink and ship (quantize, export, compare runtimes)"))
+    say = lambda m: con.print(f"  {m}", markup=False, highlight=False)  # noqa: E731
+    quantized = text_run.with_name(text_run.name + "-int8")
+    quantize_run(text_run, quantized, QuantSpec("int8"), overwrite=True)
+    say(f"int8 LM run -> {quantized} (`genlab generate text {quantized}`)")
+    try:
+        onnx_path = text_run.with_name(text_run.name + ".onnx")
+        export_onnx(text_run, onnx_path, overwrite=True, log=say)
+        say(f"LM with KV cache -> {onnx_path} (`genlab generate text {onnx_path}`)")
+        if image_run is not None:
+            decoder = image_run.with_name(image_run.name + "-decoder.onnx")
+            export_onnx(image_run, decoder, overwrite=True, log=say)
+            say(f"VAE decoder -> {decoder}")
+        only = ["pytorch", "onnxruntime"]
+    except ExportError as e:  # onnx packages missing: the PyTorch rows still run
+        say(f"skipped the ONNX exports: {e}")
+        only = ["pytorch"]
+    with tempfile.TemporaryDirectory() as work:  # the variants are rebuilt from this run's weights
+        rows = bench_runtimes(text_run, work, decode_tokens=64, greedy_tokens=64, ppl_tokens=2048, only=only,
+                              log=lambda m: None)
+    con.print(markdown_table(rows), markup=False, highlight=False, soft_wrap=True)
+    con.print("every runtime here (ExecuTorch, LiteRT, llama.cpp, transformers too): "
+              f"`genlab bench runtimes {text_run}`; exports: `genlab export {text_run} --format ...`")
