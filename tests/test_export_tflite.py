@@ -180,3 +180,19 @@ def test_missing_packages_name_the_extra(trained_run, tmp_path, lm_fp32, monkeyp
     with pytest.raises(ExportError, match=r"running a LiteRT model needs the 'ai_edge_litert' package"):
         genlab.load(lm_fp32[0])
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_and_cli_generation_from_the_export_folder(lm_fp32, trained_run):
+    """`genlab eval DIR` scores the source run's validation split through LiteRT; the CLI generates from DIR."""
+    import subprocess
+
+    from genlab.evaluate.perplexity import evaluate_lm
+
+    from .conftest import GENLAB
+
+    out, _, _ = lm_fp32
+    ref, got = evaluate_lm(trained_run, max_tokens=1024), evaluate_lm(out, max_tokens=1024)
+    assert got["tokens"] == ref["tokens"] and abs(got["loss"] - ref["loss"]) < 1e-4
+    r = subprocess.run([*GENLAB, "generate", "text", str(out), "-p", "The", "--max-tokens", "12",
+                        "--temperature", "0"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr

@@ -40,7 +40,12 @@ def evaluate_lm(run: str | Path, data: list[str] | None = None, batch_size: int 
     else:
         if Path(run).suffix == ".onnx":
             raise DataError("an exported .onnx file has no validation split; give held-out text with --data")
-        cfg = runs.read_config(run, family="lm")
+        if (Path(run) / "genlab-export.json").is_file():  # an export folder records its source run's data
+            from genlab.export.common import read_bundle_meta
+
+            cfg = read_bundle_meta(Path(run))
+        else:
+            cfg = runs.read_config(run, family="lm")
         if not isinstance(cfg.get("data"), dict):  # imported checkpoints carry no training data
             raise DataError(f"run '{run}' records no training data; give held-out text with --data")
         prepared = prep.prepare(DataConfig(**cfg["data"]["config"]), tok=lm.tokenizer, log=lambda m: None)
