@@ -95,9 +95,10 @@ def test_errors_and_cli(tmp_path, trained_run, files):
                                  "--out", str(tmp_path / "m.gguf")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "parity (GGUF q8_0" in r.stderr and (tmp_path / "m.gguf").exists()
-    r = subprocess.run(GENLAB + ["export", str(trained_run), "--format", "tflite"], capture_output=True, text=True,
+    r = subprocess.run(GENLAB + ["export", str(trained_run), "--format", "tensorrt"], capture_output=True, text=True,
                        timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == "error: unknown format 'tflite'; choose one of: hf, onnx, gguf"
+    assert r.returncode == 2 and r.stderr.strip() == ("error: unknown format 'tensorrt'; choose one of: "
+                                                      "hf, onnx, gguf, executorch, tflite, coreml")
 
 
 # ---- llama.cpp itself ---------------------------------------------------------------------------

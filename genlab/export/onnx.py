@@ -175,7 +175,21 @@ def export_onnx(run: str | Path, out: str | Path, int8: bool = False, overwrite:
         parity = onnx_parity(model, OnnxTransformer(tmp), int8=int8)
         log(parity.line())
         parity.check()
+        log(_figures_line(run, tmp))
     return parity
+
+
+def _figures_line(run: Path, path: Path) -> str:
+    """Greedy agreement over 256 tokens and the validation perplexity change, PyTorch vs onnxruntime."""
+    from genlab.export.common import lm_parity_figures, validation_tokens
+    from genlab.generate.text import load_lm
+
+    f = lm_parity_figures(load_lm(run, device="cpu"), load_onnx_lm(path), validation_tokens(run, 2048))
+    line = f"greedy agreement {f['greedy_agreement']}/{f['greedy_tokens']} tokens"
+    if "ppl_change_pct" in f:
+        line += (f"; perplexity {f['ppl_reference']:.4g} -> {f['ppl_export']:.4g} ({f['ppl_change_pct']:+.2f}%, "
+                 f"{f['ppl_tokens']} validation tokens)")
+    return line
 
 
 def onnx_parity(model: Transformer, onnx_model: OnnxTransformer, prompt: int = 16, steps: int = 8,
