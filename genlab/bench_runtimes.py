@@ -259,8 +259,20 @@ def measure(spec: dict) -> dict:
         model.hf.generate(prompt, **kw)
         total = time.perf_counter() - t
         result["generate_tok_s"] = n / max(total - statistics.median(prefill), 1e-9)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = _peak_rss_mb()
     return result
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak resident memory. ru_maxrss is not used: Linux carries the parent's
+    peak into a child across fork and exec, so every worker would report at least the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # macOS: bytes there, but no /proc
 
 
 def _worker_main() -> None:

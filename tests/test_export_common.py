@@ -70,3 +70,25 @@ def test_parity_check_fails_beyond_its_tolerance():
     assert Parity("y", 0.1, 0.3, unit="pixel", mean_abs_diff=0.01, mean_tolerance=0.03).ok
     with pytest.raises(ExportError, match=r"max \|pixel diff\| 0.1 .*mean 0.05 \(tolerance 0.03\)"):
         Parity("y", 0.1, 0.3, unit="pixel", mean_abs_diff=0.05, mean_tolerance=0.03).check()
+
+
+def test_files_genlab_cannot_generate_from_get_a_pointer(tmp_path):
+    import json
+
+    from genlab.errors import RunError
+    from genlab.generate.text import load_lm
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(RunError, match="GGUF file: run it with llama.cpp"):
+        load_lm(gguf)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(RunError, match="genlab import hf"):
+        load_lm(hf)
+    folder = tmp_path / "cm"
+    folder.mkdir()
+    (folder / "genlab-export.json").write_text(json.dumps({"format": "coreml", "family": "lm"}))
+    with pytest.raises(ExportError, match="coreml export, which cannot run on this machine"):
+        load_lm(folder)

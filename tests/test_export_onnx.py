@@ -134,6 +134,8 @@ def test_image_generator_export_runs_in_onnxruntime_at_any_batch(family, request
     small = tmp_path / f"{family}-int8.onnx"
     export_onnx(run, small, int8=True, log=lines.append)
     assert small.stat().st_size < path.stat().st_size and "onnxruntime int8" in lines[-1]
+    with pytest.raises(RunError, match="not a language model"):
+        genlab.load(path)
 
 
 def test_lm_only_formats_refuse_image_runs(gan_run, tmp_path):

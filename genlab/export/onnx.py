@@ -289,6 +289,9 @@ class OnnxTransformer:
             raise RunError(f"{path} is not a genlab ONNX export (no genlab metadata); export it with "
                            f"`genlab export RUN --format onnx`")
         self.meta = json.loads(props["genlab.config"])
+        if self.meta.get("format") == IMAGE_FORMAT:
+            raise RunError(f"{path} holds an exported image {self.meta.get('family')} (z, labels -> images), not a "
+                           f"language model; run it with onnxruntime")
         if self.meta.get("format") != FORMAT:
             raise RunError(f"{path}: unsupported genlab ONNX format {self.meta.get('format')!r}")
         self.cfg = LMConfig.from_dict(self.meta["model"])

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from genlab import runs
 from genlab.data import tokenizer as tokmod
 from genlab.device import pick_device
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, RunError
 from genlab.models.transformer import LMConfig, Transformer
 
 
@@ -195,6 +195,11 @@ def load_lm(run: str | Path, device: str = "auto") -> LanguageModel:
         from genlab.export.common import load_bundle_lm
 
         return load_bundle_lm(run)
+    if run.suffix == ".gguf":
+        raise RunError(f"'{run}' is a GGUF file: run it with llama.cpp (e.g. llama-cli -m {run}); genlab generates "
+                       f"from runs, .onnx files and executorch/tflite export folders")
+    if (run / "config.json").is_file() and "model_type" in (run / "config.json").read_text()[:4096]:
+        raise RunError(f"'{run}' is a Hugging Face model folder: bring it in with `genlab import hf {run} --out RUN`")
     cfg = runs.read_config(run, family="lm")
     model = Transformer(LMConfig.from_dict(cfg["model"]))
     quant = cfg.get("quantization")
