@@ -185,6 +185,17 @@ class LanguageModel:
             yield text[emitted:]
 
 
+def _is_hf_folder(path: Path) -> bool:
+    """A transformers checkpoint: its config.json has a model_type and no genlab family."""
+    import json
+
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "model_type" in cfg and "family" not in cfg
+
+
 def load_lm(run: str | Path, device: str = "auto") -> LanguageModel:
     run = Path(run)
     if run.suffix == ".onnx":  # an exported model, run by onnxruntime
@@ -198,7 +209,7 @@ def load_lm(run: str | Path, device: str = "auto") -> LanguageModel:
     if run.suffix == ".gguf":
         raise RunError(f"'{run}' is a GGUF file: run it with llama.cpp (e.g. llama-cli -m {run}); genlab generates "
                        f"from runs, .onnx files and executorch/tflite export folders")
-    if (run / "config.json").is_file() and "model_type" in (run / "config.json").read_text()[:4096]:
+    if _is_hf_folder(run):
         raise RunError(f"'{run}' is a Hugging Face model folder: bring it in with `genlab import hf {run} --out RUN`")
     cfg = runs.read_config(run, family="lm")
     model = Transformer(LMConfig.from_dict(cfg["model"]))
