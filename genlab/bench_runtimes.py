@@ -298,7 +298,7 @@ def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_token
     if val is None or len(val) < prompt_tokens + decode_tokens + 1:
         raise ConfigError(f"run '{run}' has too little validation text for the benchmark")
     work = Path(work or tempfile.mkdtemp(prefix="genlab-runtimes-"))
-    work.mkdir(parents=True, exist_ok=True)
+    _claim_work_dir(work, run)
     np.save(work / "sequence.npy", val[: prompt_tokens + decode_tokens])
     np.save(work / "val.npy", val[:ppl_tokens])
     wanted = [v for v in VARIANTS if not only or v[0] in only or f"{v[0]}:{v[1]}" in only]
@@ -341,6 +341,27 @@ def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_token
         row.ppl_change_pct = 100 * float(np.expm1(res["loss"] - reference["loss"]))
         rows.append(row)
     return rows
+
+
+def _claim_work_dir(work: Path, run: Path) -> None:
+    """Variants in ``work`` are reused only if they were made from these very weights; otherwise
+    (the run was retrained, or another run used the folder) they are removed first."""
+    import shutil
+
+    weights = (run / runs.WEIGHTS).stat()
+    source = {"run": str(run.resolve()), "size": weights.st_size, "mtime_ns": weights.st_mtime_ns}
+    stamp = work / "source.json"
+    if work.exists() and any(work.iterdir()):
+        try:
+            same = json.loads(stamp.read_text()) == source
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            if not stamp.exists():
+                raise ConfigError(f"--work '{work}' is a non-empty folder genlab did not make; give another one")
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(source))
 
 
 def markdown_table(rows: list[Row]) -> str:

@@ -39,3 +39,27 @@ def test_runtimes_refuses_a_quantized_run_and_unknown_names(trained_run, tmp_pat
     assert r.returncode == 0, r.stderr
     r = subprocess.run([*GENLAB, "bench", "runtimes", str(tmp_path / "q"), "--no-write"], capture_output=True, text=True)
     assert r.returncode == 2 and "float run" in r.stderr
+
+
+def test_work_folder_is_reused_only_for_the_same_weights(trained_run, tmp_path):
+    import os
+    import shutil
+
+    from genlab.bench_runtimes import _claim_work_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    work = tmp_path / "work"
+    _claim_work_dir(work, run)
+    (work / "model-fp32.onnx").write_bytes(b"made from these weights")
+    _claim_work_dir(work, run)
+    assert (work / "model-fp32.onnx").exists()  # same weights: kept
+    os.utime(run / "model.safetensors", ns=(1, 1))  # the weights were rewritten (retrained)
+    _claim_work_dir(work, run)
+    assert not (work / "model-fp32.onnx").exists()  # stale variants are gone
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("not genlab's")
+    with pytest.raises(ConfigError, match="did not make"):
+        _claim_work_dir(other, run)
+    assert (other / "notes.txt").exists()
