@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 
 from genlab import runs
 from genlab.errors import ConfigError
+from genlab.evaluate.perplexity import token_nll
 
 VARIANTS = [
     ("pytorch", "fp32"), ("pytorch", "bf16"), ("pytorch", "int8"), ("pytorch", "int4"),
@@ -61,7 +62,6 @@ class Row:
     ppl_change_pct: float = 0.0
     generate_tok_s: float | None = None  # transformers: model.generate's own decode rate
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 # ---- preparing the files (parent process) ---------------------------------------------------------
@@ -242,13 +242,7 @@ def measure(spec: dict) -> dict:
     np.save(work / f"logits-{spec['key']}.npy", torch.cat(logits).numpy()[: len(seq) - 1])
     lm.generate(spec["greedy_prompt"], max_tokens=spec["greedy_tokens"], temperature=0.0, ignore_eot=True)
     greedy = list(lm.info.completion_ids)
-    ctx = lm.config.context
-    nll, count = 0.0, 0
-    for s in range(0, len(val) - 1, ctx):
-        w = torch.from_numpy(val[s : s + ctx + 1])[None]
-        out = model(w[:, :-1]).float()
-        nll += torch.nn.functional.cross_entropy(out[0], w[0, 1:], reduction="sum").item()
-        count += w.shape[1] - 1
+    nll, count = token_nll(model, val, lm.config.context, batch_size=1)
     result = {"load_s": load_s, "prefill_ms": 1000 * statistics.median(prefill),
               "decode_tok_s": 1.0 / statistics.median(steps), "greedy": greedy, "loss": nll / count}
     if spec["runtime"] == "transformers":  # what transformers users run: generate() itself
@@ -285,7 +279,7 @@ def _worker_main() -> None:
 def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_tokens: int = 64,
                    decode_tokens: int = 128, greedy_tokens: int = 256, ppl_tokens: int = 4096,
                    only: list[str] | None = None, threads: int | None = None, log=print) -> list[Row]:
-    from genlab.export.common import validation_tokens
+    from genlab.export.common import leading_agreement, validation_tokens
 
     run = Path(run)
     cfg = runs.read_config(run, family="lm")
@@ -335,8 +329,7 @@ def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_token
         row.max_logit_diff = float(np.abs(logits - reference["logits"]).max())
         ref_greedy = reference["greedy"]
         row.greedy_tokens = len(ref_greedy)
-        row.greedy_agreement = next((i for i, (a, b) in enumerate(zip(ref_greedy, res["greedy"], strict=False))
-                                     if a != b), min(len(ref_greedy), len(res["greedy"])))
+        row.greedy_agreement = leading_agreement(ref_greedy, res["greedy"])
         row.ppl = float(np.exp(res["loss"]))
         row.ppl_change_pct = 100 * float(np.expm1(res["loss"] - reference["loss"]))
         rows.append(row)
@@ -383,6 +376,3 @@ def markdown_table(rows: list[Row]) -> str:
             f"{r.greedy_agreement}/{r.greedy_tokens} | {r.ppl:.3f} ({r.ppl_change_pct:+.2f}%) |")
     return "\n".join(lines)
 
-
-def rows_json(rows: list[Row]) -> str:
-    return json.dumps([asdict(r) for r in rows], indent=2)

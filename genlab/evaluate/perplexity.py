@@ -18,12 +18,29 @@ from genlab.generate.text import load_lm
 
 
 @torch.no_grad()
+def token_nll(model, tokens: np.ndarray, context: int, batch_size: int = 8, device="cpu") -> tuple[float, int]:
+    """Summed negative log-likelihood of ``tokens`` and how many were predicted. The text is cut
+    into windows of context + 1 tokens that overlap by one, so every token but the first is
+    predicted exactly once; ``model(x)`` gives logits for a batch of windows."""
+    windows = [torch.from_numpy(tokens[s : s + context + 1]) for s in range(0, len(tokens) - 1, context)]
+    full = [w for w in windows if len(w) == context + 1]
+    batches = [torch.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
+    batches += [w[None] for w in windows if len(w) != context + 1]  # the shorter tail window
+    nll, count = 0.0, 0
+    for batch in batches:
+        x, y = batch[:, :-1].to(device), batch[:, 1:].to(device)
+        logits = model(x)
+        nll += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+        count += y.numel()
+    return nll, count
+
+
+@torch.no_grad()
 def evaluate_lm(run: str | Path, data: list[str] | None = None, batch_size: int = 8,
                 max_tokens: int | None = None, device: str = "auto") -> dict:
     """Score ``data`` (corpus specs) or, without it, the run's own validation split.
 
-    The text is cut into windows of context + 1 tokens that overlap by one, so every token but
-    the first is predicted exactly once. Bits per byte divide the loss by the UTF-8 bytes per token,
+    Every token but the first is predicted once (see ``token_nll``). Bits per byte divide the loss by the UTF-8 bytes per token,
     which makes models with different tokenizers comparable.
     """
     lm = load_lm(run, device=device)
@@ -57,16 +74,7 @@ def evaluate_lm(run: str | Path, data: list[str] | None = None, batch_size: int 
         tokens = tokens[:max_tokens]
     if len(tokens) < 2:
         raise DataError("the evaluation text is shorter than two tokens")
-    windows = [torch.from_numpy(tokens[s : s + ctx + 1]) for s in range(0, len(tokens) - 1, ctx)]
-    nll, count = 0.0, 0
-    full = [w for w in windows if len(w) == ctx + 1]
-    batches = [torch.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
-    batches += [w[None] for w in windows if len(w) != ctx + 1]  # the shorter tail window
-    for batch in batches:
-        x, y = batch[:, :-1].to(lm.device), batch[:, 1:].to(lm.device)
-        logits = lm.model(x)
-        nll += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
-        count += y.numel()
+    nll, count = token_nll(lm.model, tokens, ctx, batch_size, lm.device)
     loss = nll / count
     bytes_per_token = n_bytes / len(tokens)
     return {

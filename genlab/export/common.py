@@ -165,11 +165,6 @@ def load_bundle_lm(folder: Path):
     """A ``LanguageModel`` that generates through the runtime of an export folder."""
     import importlib
 
-    from tokenizers import Tokenizer
-
-    from genlab.data import tokenizer as tokmod
-    from genlab.generate.text import LanguageModel
-
     meta = read_bundle_meta(folder)
     if meta.get("family") != "lm":
         raise ExportError(f"'{folder}' holds an exported {meta.get('family')} model, not a language model")
@@ -178,9 +173,62 @@ def load_bundle_lm(folder: Path):
         raise ExportError(f"'{folder}' is a {fmt} export, which cannot run on this machine "
                           f"(runnable here: {', '.join(RUNNABLE_BUNDLES)})")
     runner = importlib.import_module(RUNNABLE_BUNDLES[fmt]).load_bundle_runner(Path(folder), meta)
-    lm = LanguageModel(runner, Tokenizer.from_file(str(Path(folder) / "tokenizer.json")), Path(folder))
-    lm.eot = lm.tokenizer.token_to_id(meta.get("eos_token") or tokmod.EOT)
+    return runner_lm(runner, Path(folder) / "tokenizer.json", meta.get("eos_token"), Path(folder))
+
+
+def runner_lm(runner, tokenizer_path: Path, eos_token: str | None, path: Path):
+    """A ``LanguageModel`` around an exported model's runner, so it samples with genlab's own code."""
+    from tokenizers import Tokenizer
+
+    from genlab.data import tokenizer as tokmod
+    from genlab.generate.text import LanguageModel
+
+    lm = LanguageModel(runner, Tokenizer.from_file(str(tokenizer_path)), path)
+    lm.eot = lm.tokenizer.token_to_id(eos_token or tokmod.EOT)
     return lm
+
+
+@torch.no_grad()
+def logit_parity(reference, candidate, vocab_size: int, context: int, runtime: str, prompt: int, steps: int,
+                 tolerance: float, int8_relative: float | None = None, detail: str = "") -> Parity:
+    """Logits of a prefill of ``prompt`` probe tokens, then ``steps`` one-token decode steps through
+    each model's KV cache, from ``candidate`` (an export's runner) and ``reference`` (PyTorch); the
+    largest difference over all of them. Both take ``model(idx, cache, start)``. With
+    ``int8_relative`` the tolerance is that fraction of the largest reference logit."""
+    prompt = max(1, min(prompt, context - steps))
+    steps = min(steps, context - prompt)
+    ids = probe_tokens(vocab_size, prompt + steps, seed=1)
+    ref_cache, cache = reference.new_cache(1), candidate.new_cache(1)
+    ref = [reference(ids[:, :prompt], ref_cache, 0)]
+    got = [candidate(ids[:, :prompt], cache, 0)]
+    for i in range(prompt, prompt + steps):
+        ref.append(reference(ids[:, i : i + 1], ref_cache, i))
+        got.append(candidate(ids[:, i : i + 1], cache, i))
+    ref_t, got_t = torch.cat(ref, 1), torch.cat(got, 1)
+    scale = ref_t.abs().max().item()
+    tol = int8_relative * scale if int8_relative is not None else tolerance
+    what = f"{runtime} vs PyTorch, prefill {prompt} tokens{detail} + {steps} decode steps"
+    return Parity(what, (ref_t - got_t).abs().max().item(), tol, scale)
+
+
+def export_figures(run: Path, exported) -> tuple[dict, str]:
+    """Greedy agreement over 256 tokens and the validation perplexity change of an exported LM
+    (a ``LanguageModel``) against its source run in PyTorch, and the line that reports them."""
+    from genlab.generate.text import load_lm
+
+    f = lm_parity_figures(load_lm(run, device="cpu"), exported, validation_tokens(run, 2048))
+    line = f"greedy agreement {f['greedy_agreement']}/{f['greedy_tokens']} tokens"
+    if "ppl_change_pct" in f:
+        line += (f"; validation perplexity {f['ppl_reference']:.4g} -> {f['ppl_export']:.4g} "
+                 f"({f['ppl_change_pct']:+.2f}%, {f['ppl_tokens']} tokens)")
+    return f, line
+
+
+def leading_agreement(reference: list[int], got: list[int]) -> int:
+    """How many leading tokens two greedy generations share (after the first difference they see
+    different histories, so later matches mean little)."""
+    return next((i for i, (a, b) in enumerate(zip(reference, got, strict=False)) if a != b),
+                min(len(reference), len(got)))
 
 
 def lm_parity_figures(reference, candidate, val_tokens=None, greedy_tokens: int = 256,
@@ -190,29 +238,20 @@ def lm_parity_figures(reference, candidate, val_tokens=None, greedy_tokens: int 
     first difference) and, given validation tokens, both perplexities and the relative change."""
     import math
 
-    import torch.nn.functional as F
+    from genlab.evaluate.perplexity import token_nll
 
     kw = dict(max_tokens=greedy_tokens, temperature=0.0, ignore_eot=True)
     reference.generate(prompt, **kw)
     ref_ids = list(reference.info.completion_ids)
     candidate.generate(prompt, **kw)
     got_ids = list(candidate.info.completion_ids)
-    same = next((i for i, (a, b) in enumerate(zip(ref_ids, got_ids, strict=False)) if a != b), min(len(ref_ids), len(got_ids)))
-    figures = {"greedy_agreement": same, "greedy_tokens": len(ref_ids)}
+    figures = {"greedy_agreement": leading_agreement(ref_ids, got_ids), "greedy_tokens": len(ref_ids)}
     if val_tokens is not None and len(val_tokens) > 1:
         ctx = reference.config.context
-        losses = []
-        for lm in (reference, candidate):
-            nll, count = 0.0, 0
-            for s in range(0, len(val_tokens) - 1, ctx):
-                w = torch.as_tensor(val_tokens[s : s + ctx + 1], dtype=torch.long)[None]
-                with torch.no_grad():
-                    logits = lm.model(w[:, :-1])
-                nll += F.cross_entropy(logits.float()[0], w[0, 1:], reduction="sum").item()
-                count += w.shape[1] - 1
-            losses.append(nll / count)
-        figures.update(ppl_reference=math.exp(losses[0]), ppl_export=math.exp(losses[1]),
-                       ppl_change_pct=100 * (math.exp(losses[1] - losses[0]) - 1), ppl_tokens=count)
+        (ref_nll, count), (got_nll, _) = (token_nll(lm.model, val_tokens, ctx, batch_size=1)
+                                          for lm in (reference, candidate))
+        figures.update(ppl_reference=math.exp(ref_nll / count), ppl_export=math.exp(got_nll / count),
+                       ppl_change_pct=100 * (math.exp((got_nll - ref_nll) / count) - 1), ppl_tokens=count)
     return figures
 
 

@@ -58,6 +58,7 @@ from genlab import runs
 from genlab.export.common import (
     ExportError,
     Parity,
+    logit_parity,
     probe_tokens,
     read_bundle_meta,
     require,
@@ -481,15 +482,8 @@ def macos_parity(folder: str | Path, run: str | Path | None = None, prompt: int 
         if meta.get("stateful"):
             return [_stateful_parity(folder / meta["files"]["lm"], model, ids, rel)]
         coreml = CoreMLRunner(folder / meta["files"]["lm"], model.cfg, meta["chunk"])
-        cache, ccache = model.new_cache(1), coreml.new_cache(1)
-        ref, got = [model(ids[:, :prompt], cache, 0)], [coreml(ids[:, :prompt], ccache, 0)]
-        for i in range(prompt, prompt + steps):
-            ref.append(model(ids[:, i : i + 1], cache, i))
-            got.append(coreml(ids[:, i : i + 1], ccache, i))
-        ref_t, got_t = torch.cat(ref, 1), torch.cat(got, 1)
-        scale = ref_t.abs().max().item()
-        what = f"Core ML vs PyTorch, prefill {prompt} tokens + {steps} decode steps"
-        return [Parity(what, (ref_t - got_t).abs().max().item(), rel * scale, scale)]
+        return [logit_parity(model, coreml, model.cfg.vocab_size, model.cfg.context, "Core ML", prompt, steps,
+                             0.0, int8_relative=rel)]
     import coremltools as ct
 
     from genlab.export.image import (

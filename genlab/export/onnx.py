@@ -33,7 +33,7 @@ import genlab
 from genlab import runs
 from genlab.data import tokenizer as tokmod
 from genlab.errors import RunError
-from genlab.export.common import ExportError, Parity, probe_tokens, staged_file
+from genlab.export.common import ExportError, Parity, export_figures, logit_parity, probe_tokens, staged_file
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.optimize.quantize import load_float_model
 
@@ -175,42 +175,18 @@ def export_onnx(run: str | Path, out: str | Path, int8: bool = False, overwrite:
         parity = onnx_parity(model, OnnxTransformer(tmp), int8=int8)
         log(parity.line())
         parity.check()
-        log(_figures_line(run, tmp))
+        log(export_figures(run, load_onnx_lm(tmp))[1])
     return parity
 
 
-def _figures_line(run: Path, path: Path) -> str:
-    """Greedy agreement over 256 tokens and the validation perplexity change, PyTorch vs onnxruntime."""
-    from genlab.export.common import lm_parity_figures, validation_tokens
-    from genlab.generate.text import load_lm
-
-    f = lm_parity_figures(load_lm(run, device="cpu"), load_onnx_lm(path), validation_tokens(run, 2048))
-    line = f"greedy agreement {f['greedy_agreement']}/{f['greedy_tokens']} tokens"
-    if "ppl_change_pct" in f:
-        line += (f"; perplexity {f['ppl_reference']:.4g} -> {f['ppl_export']:.4g} ({f['ppl_change_pct']:+.2f}%, "
-                 f"{f['ppl_tokens']} validation tokens)")
-    return line
 
 
 def onnx_parity(model: Transformer, onnx_model: OnnxTransformer, prompt: int = 16, steps: int = 8,
                 int8: bool = False) -> Parity:
-    """Logits of a prefill of ``prompt`` tokens, then ``steps`` one-token decode steps through the
-    KV cache, from onnxruntime and from PyTorch; the largest difference over all of them."""
-    cfg = model.cfg
-    prompt = min(prompt, cfg.context - steps)
-    ids = probe_tokens(cfg.vocab_size, prompt + steps, seed=1)
-    cache, ocache = model.new_cache(1), onnx_model.new_cache(1)
-    ref = [model(ids[:, :prompt], cache, 0)]
-    got = [onnx_model(ids[:, :prompt], ocache, 0)]
-    for i in range(prompt, prompt + steps):
-        ref.append(model(ids[:, i : i + 1], cache, i))
-        got.append(onnx_model(ids[:, i : i + 1], ocache, i))
-    ref_t, got_t = torch.cat(ref, 1), torch.cat(got, 1)
-    diff = (ref_t - got_t).abs().max().item()
-    scale = ref_t.abs().max().item()
-    tol = INT8_RELATIVE_TOLERANCE * scale if int8 else TOLERANCE
-    what = f"onnxruntime{' int8' if int8 else ''} vs PyTorch, prefill {prompt} tokens + {steps} decode steps"
-    return Parity(what, diff, tol, scale)
+    """onnxruntime against PyTorch over a prefill and decode steps through the KV cache."""
+    return logit_parity(model, onnx_model, model.cfg.vocab_size, model.cfg.context,
+                        f"onnxruntime{' int8' if int8 else ''}", prompt, steps, TOLERANCE,
+                        INT8_RELATIVE_TOLERANCE if int8 else None)
 
 
 # ---- image models: the generator / decoder --------------------------------------------------------

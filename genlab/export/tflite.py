@@ -52,11 +52,11 @@ from genlab import runs
 from genlab.export.common import (
     ExportError,
     Parity,
-    lm_parity_figures,
-    probe_tokens,
+    export_figures,
+    logit_parity,
     require,
+    runner_lm,
     staged_dir,
-    validation_tokens,
     write_bundle_meta,
 )
 from genlab.export.static import EagerStaticRunner, StaticKVLM, StaticRunner, cache_names, prefill_chunk
@@ -226,26 +226,11 @@ def run_image_model(path: str | Path, z, labels=None) -> np.ndarray:
 # ---- parity -----------------------------------------------------------------------------------
 
 def lm_parity(model: Transformer, runner: StaticRunner, int8: bool = False, steps: int = 8) -> Parity:
-    """Logits of a prefill of a probe sequence (more than one chunk, so a padded chunk and a cache
-    carried between prefill calls are covered), then ``steps`` decode steps, from the export and
-    from the same static graph in PyTorch; the largest difference over all of them."""
-    cfg = model.cfg
-    reference = EagerStaticRunner(model, runner.chunk)
-    prompt = max(1, min(runner.chunk + runner.chunk // 4, cfg.context - steps))
-    steps = min(steps, cfg.context - prompt)
-    ids = probe_tokens(cfg.vocab_size, prompt + steps, seed=1)
-    ref_cache, cache = reference.new_cache(), runner.new_cache()
-    ref = [reference(ids[:, :prompt], ref_cache, 0)]
-    got = [runner(ids[:, :prompt], cache, 0)]
-    for i in range(prompt, prompt + steps):
-        ref.append(reference(ids[:, i : i + 1], ref_cache, i))
-        got.append(runner(ids[:, i : i + 1], cache, i))
-    ref_t, got_t = torch.cat(ref, 1), torch.cat(got, 1)
-    scale = ref_t.abs().max().item()
-    tolerance = INT8_RELATIVE_TOLERANCE * scale if int8 else TOLERANCE
-    what = (f"LiteRT{' int8' if int8 else ''} vs PyTorch, prefill {prompt} tokens "
-            f"(chunks of {runner.chunk}) + {steps} decode steps")
-    return Parity(what, (ref_t - got_t).abs().max().item(), tolerance, scale)
+    """The export against the same static graph in PyTorch: a prefill longer than one chunk (so a
+    padded chunk and a cache carried between prefill calls are covered), then decode steps."""
+    return logit_parity(EagerStaticRunner(model, runner.chunk), runner, model.cfg.vocab_size, model.cfg.context,
+                        f"LiteRT{' int8' if int8 else ''}", runner.chunk + runner.chunk // 4, steps, TOLERANCE,
+                        INT8_RELATIVE_TOLERANCE if int8 else None, detail=f" (chunks of {runner.chunk})")
 
 
 # ---- export -----------------------------------------------------------------------------------
@@ -271,11 +256,6 @@ def export_tflite(run: str | Path, out: str | Path, *, int8: bool = False, overw
 
 
 def _export_lm(run: Path, out: Path, int8: bool, overwrite: bool, log) -> list[Parity]:
-    from tokenizers import Tokenizer
-
-    import genlab
-    from genlab.data import tokenizer as tokmod
-    from genlab.generate.text import LanguageModel
     from genlab.optimize.quantize import load_float_model
 
     model, cfg = load_float_model(run)
@@ -290,10 +270,8 @@ def _export_lm(run: Path, out: Path, int8: bool, overwrite: bool, log) -> list[P
         parity.check()
 
         # The fuller figures, through the same sampling code as every genlab LM.
-        exported = LanguageModel(runner, Tokenizer.from_file(str(run / runs.TOKENIZER)), folder)  # type: ignore[arg-type]
-        exported.eot = exported.tokenizer.token_to_id(cfg.get("eos_token") or tokmod.EOT)
-        figures = lm_parity_figures(genlab.load(run, device="cpu"), exported, validation_tokens(run, 2048))
-        log(_figures_line(figures))
+        figures, line = export_figures(run, runner_lm(runner, run / runs.TOKENIZER, cfg.get("eos_token"), folder))
+        log(line)
 
         names = io_names(model.cfg.n_layer)
         write_bundle_meta(folder, "tflite", run, {"lm": LM_FILE}, [parity], chunk=chunk,
@@ -302,13 +280,6 @@ def _export_lm(run: Path, out: Path, int8: bool, overwrite: bool, log) -> list[P
     log(f"wrote {out}: {LM_FILE} {(out / LM_FILE).stat().st_size:,} bytes")
     return [parity]
 
-
-def _figures_line(f: dict) -> str:
-    line = f"greedy agreement {f['greedy_agreement']}/{f['greedy_tokens']} tokens"
-    if "ppl_change_pct" in f:
-        line += (f", validation perplexity {f['ppl_reference']:.3f} -> {f['ppl_export']:.3f} "
-                 f"({f['ppl_change_pct']:+.2f}%, {f['ppl_tokens']} tokens)")
-    return line
 
 
 def _export_image(run: Path, out: Path, int8: bool, overwrite: bool, log) -> list[Parity]:
