@@ -56,7 +56,7 @@ class TrainConfig(JsonConfig):
     warmup_steps: int = 20
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping (the norm is still logged)
     eval_every: int = 100
     eval_batches: int = 20
     checkpoint_every: int = 100
@@ -81,6 +81,8 @@ class TrainConfig(JsonConfig):
             raise ConfigError(f"--lr must be positive (got {self.lr})")
         if self.warmup_steps < 0:
             raise ConfigError("--warmup must not be negative")
+        if self.grad_clip < 0:
+            raise ConfigError(f"--grad-clip must not be negative (got {self.grad_clip}); 0 turns clipping off")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"unknown --dtype '{self.dtype}'; choose auto, float32, bfloat16 or float16")
 

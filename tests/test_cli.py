@@ -98,6 +98,7 @@ def test_corrupted_weights(tmp_path, trained_run):
     (["--steps", "1", "--n-head", "3"], ["divisible"]),
     (["--steps", "1", "--tokenizer", "wordpiece"], ["unknown tokenizer"]),
     (["--steps", "1", "--data", "/no/such/file.txt"], ["not a file"]),
+    (["--steps", "1", "--grad-clip", "-1"], ["--grad-clip", "negative"]),
 ])
 def test_bad_training_options(tmp_path, corpus_dir, args, words):
     if "--data" not in args:

@@ -12,7 +12,7 @@ import torch
 
 from genlab import runs
 from genlab.config import DataConfig, TrainConfig, train_config
-from genlab.errors import RunError
+from genlab.errors import ConfigError, RunError
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.train.lm import LMTask, LMTrainSpec, train_lm
 from genlab.train.trainer import Interrupted, lr_at
@@ -78,6 +78,19 @@ def test_init_from_fine_tunes_from_parent_weights(tmp_path, corpus_dir):
     assert (tmp_path / "child" / "tokenizer.json").read_text() == (tmp_path / "parent" / "tokenizer.json").read_text()
     cfg = json.loads((tmp_path / "child" / "config.json").read_text())
     assert cfg["init_from"] == str(tmp_path / "parent")
+
+
+def test_grad_clip_zero_means_no_clipping(tmp_path, corpus_dir):
+    # 0 turns clipping off; it must not clip the gradients to a norm of 0 (which stops all learning)
+    res = train_lm(spec(tmp_path / "r", corpus_dir, 15, grad_clip=0.0, warmup_steps=2, weight_decay=0.0))
+    first = sum(v for _, v in res.losses[:3]) / 3
+    last = sum(v for _, v in res.losses[-3:]) / 3
+    assert last < 0.9 * first, (first, last)
+
+
+def test_negative_grad_clip_is_a_config_error():
+    with pytest.raises(ConfigError, match="--grad-clip"):
+        train_config("tiny", steps=1, grad_clip=-1.0)
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -66,6 +66,12 @@ class Task(Protocol):
     def sample(self, model: torch.nn.Module, step: int, out_dir: Path) -> None: ...
 
 
+def clip_gradients(params, max_norm: float) -> torch.Tensor:
+    """Clip the gradients' total norm to ``max_norm`` and return the norm before clipping.
+    ``max_norm`` 0 means no clipping: the norm is only measured (for the log)."""
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+
+
 @dataclass
 class StepContext:
     """What the trainer hands ``SteppingTask.train_step`` for one optimizer step."""
@@ -75,7 +81,7 @@ class StepContext:
     optimizers: dict[str, torch.optim.Optimizer]
     batch: Callable[[int], Any]  # batch(i): the i-th batch of this step, from the seeded batch RNG
     grad_accum: int
-    grad_clip: float  # <= 0: no clipping (the norm is still measured for the log)
+    grad_clip: float  # 0: no clipping (the norm is still measured for the log)
     scaler: torch.amp.GradScaler
     autocast: Callable[[], Any]
 
@@ -94,7 +100,7 @@ class StepContext:
         opt = self.optimizers[name]
         self.scaler.unscale_(opt)
         params = [p for group in opt.param_groups for p in group["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        norm = clip_gradients(params, self.grad_clip)
         self.scaler.step(opt)
         opt.zero_grad(set_to_none=True)
         return float(norm)
@@ -387,7 +393,7 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
                         units_seen += units * dist.world_size
                         window_units += units * dist.world_size
                     scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
