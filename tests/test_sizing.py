@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from genlab.errors import ConfigError, GenlabError
 from genlab.models.transformer import LMConfig, Transformer
-from genlab.sizing import arch, catalog, count, from_hf_config, from_lm_config, resolve
+from genlab.sizing import FAMILIES, arch, catalog, count, from_hf_config, from_lm_config, resolve
 
 transformers = pytest.importorskip("transformers")
 
@@ -198,6 +199,7 @@ def test_unknown_name_suggests_close_matches(tmp_path):
 
 
 def test_register_family_plugs_in_a_reader(tmp_path, monkeypatch):
-    monkeypatch.setitem(arch.FAMILIES, "toy", lambda cfg, name, src: resolve("tiny"))
+    toy = dataclasses.replace(FAMILIES["lm"], name="toy", read_run=lambda cfg, name, src: resolve("tiny"))
+    monkeypatch.setitem(FAMILIES, "toy", toy)
     (tmp_path / "config.json").write_text(json.dumps({"family": "toy"}))
     assert resolve(str(tmp_path)).name == "tiny"

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from genlab.cli import app
 from genlab.errors import GenlabError
-from genlab.sizing import SizeOptions, analyse, catalog, count, resolve
+from genlab.sizing import FAMILIES, SizeOptions, analyse, catalog, count, resolve
+from genlab.sizing.families import family_of
 from genlab.sizing.hardware import CATALOG, Device, measure_machine
 from genlab.sizing.measure import measure
 from tests.conftest import GENLAB
@@ -89,6 +90,19 @@ def test_unsupported_config_is_a_genlab_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     res = size(str(tmp_path))
     assert isinstance(res.exception, GenlabError) and "unsupported model_type 'bert'" in str(res.exception)
+
+
+def test_registry_holds_every_family_with_its_reader_and_presets():
+    presets = {"lm": ("tiny", "small", "base"), "gan": ("gan-tiny", "gan-small"), "vae": ("vae-tiny", "vae-small")}
+    assert {name: f.presets() for name, f in FAMILIES.items()} == presets
+    models = {"lm": {"d_model": 64, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "ffn_hidden": 128, "vocab_size": 300,
+                     "context": 128}, "gan": {"g_width": 16}, "vae": {"width": 16}}
+    for name, f in FAMILIES.items():
+        run = f.read_run({"family": name, "model": models[name]}, "run", "config.json")
+        preset = f.from_preset(presets[name][0])
+        # Both come back to this family's record, so its analysis and sections size them.
+        assert family_of(run.family) is f and family_of(preset.family) is f
+        assert f.sections(analyse(preset, SizeOptions(), CATALOG[:1]))
 
 
 def test_analyse_is_usable_as_a_library():

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.sizing import compute, count, from_lm_config, memory, resolve
+from genlab.sizing.common import KV_DTYPES
 from genlab.sizing.hardware import BY_KEY
 
 
@@ -130,3 +131,7 @@ def test_training_memory_of_genlab_model_matches_real_tensors():
     pred = memory.full_finetune(count(from_lm_config(cfg, "t")), cfg.context, 1, precision="fp32")
     assert pred.gradients == sum(p.grad.nbytes for p in model.parameters())
     assert pred.optimizer == sum(opt.state[p][k].nbytes for p in model.parameters() for k in ("exp_avg", "exp_avg_sq"))
+
+
+def test_every_kv_dtype_choice_has_a_size():
+    assert tuple(memory.KV_BYTES) == KV_DTYPES  # SizeOptions validates against KV_DTYPES

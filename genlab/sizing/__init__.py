@@ -8,11 +8,13 @@
 See docs/sizing.md for the formulas and their sources.
 """
 
-from genlab.sizing.arch import Architecture, from_hf_config, from_lm_config, register_family, resolve
+from genlab.sizing.arch import Architecture, from_hf_config, from_lm_config
+from genlab.sizing.common import SizeOptions
 from genlab.sizing.counts import ParamCount, count
-from genlab.sizing.image import ImageArch  # importing it registers the GAN and VAE run readers
-from genlab.sizing.report import SizeOptions, analyse
+from genlab.sizing.families import FAMILIES, Family, register_family, resolve
+from genlab.sizing.image import ImageArch
+from genlab.sizing.report import analyse
 
-__all__ = ["Architecture", "ImageArch",
+__all__ = ["FAMILIES", "Architecture", "Family", "ImageArch",
            "ParamCount", "SizeOptions", "analyse", "count", "from_hf_config", "from_lm_config",
            "register_family", "resolve"]

@@ -1,27 +1,16 @@
-"""One normalised description of a decoder-only Transformer, and the readers that build it.
+"""One normalised description of a decoder-only Transformer, and the readers that build it: from a
+genlab LM run or preset, an HF config.json, or a catalogue entry.
 
-Inputs are resolved in this order: a path (a genlab run folder, an HF model folder, or a
-config.json file), a catalogue name (``genlab size --list``), a genlab LM preset (tiny/small/base).
-
-Families of genlab runs plug in through :func:`register_family`: a reader turns the run's config.json
-into an :class:`Architecture`. The LM registers itself below; the GAN and VAE register theirs when
-their analytic counters exist.
+What the user typed is resolved in genlab.sizing.families, which also holds the GAN and VAE readers.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from genlab.errors import ConfigError, GenlabError
 from genlab.sizing import catalog
-
-if TYPE_CHECKING:
-    from genlab.sizing.image import ImageArch
 
 
 @dataclass(frozen=True)
@@ -90,7 +79,8 @@ def from_lm_config(cfg, name: str, source: str = "") -> Architecture:
     ).check()
 
 
-def _read_lm_run(cfg: dict, name: str, source: str) -> Architecture:
+def read_run(cfg: dict, name: str, source: str) -> Architecture:
+    """An LM run's config.json: its ``model`` section is an LMConfig."""
     from genlab.models.transformer import LMConfig
 
     if not isinstance(cfg.get("model"), dict):
@@ -100,17 +90,11 @@ def _read_lm_run(cfg: dict, name: str, source: str) -> Architecture:
     return from_lm_config(lm, name, source)
 
 
-# (run config.json, name, source) -> Architecture; the GAN and VAE (genlab.sizing.image) return an ImageArch.
-RunReader = Callable[[dict, str, str], "Architecture | ImageArch"]
-FAMILIES: dict[str, RunReader] = {}
+def preset_names() -> tuple[str, ...]:
+    # Read when asked: genlab.config imports the model code (torch), which `import genlab.sizing` avoids.
+    from genlab.config import LM_PRESETS
 
-
-def register_family(family: str, reader: RunReader) -> None:
-    """Let a model family size its runs: ``reader(config_json, name, source)``."""
-    FAMILIES[family] = reader
-
-
-register_family("lm", _read_lm_run)
+    return tuple(LM_PRESETS)
 
 
 def from_preset(preset: str) -> Architecture:
@@ -231,56 +215,5 @@ def from_hf_config(cfg: dict, name: str, source: str = "") -> Architecture:
         raise ConfigError(f"{source or name}: config.json lacks or mistypes a field the {mt} reader needs ({e})") from None
 
 
-# ---- resolving what the user typed ---------------------------------------------------------------
-
-def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read {path}: {e.__class__.__name__}; give a valid config.json") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a JSON object; give a model config.json")
-    return data
-
-
-def from_path(path: Path) -> Architecture | ImageArch:
-    file = path / "config.json" if path.is_dir() else path
-    if not file.is_file():
-        raise ConfigError(f"'{path}' holds no config.json; give a genlab run, an HF model folder or a config.json")
-    cfg = _load_json(file)
-    name = path.name if path.is_dir() else (path.parent.name or path.stem)
-    if "family" in cfg:
-        reader = FAMILIES.get(cfg["family"])
-        if reader is None:
-            raise GenlabError(f"{file}: sizing of {cfg['family']!r} runs is not supported yet "
-                              f"(families: {', '.join(FAMILIES)})")
-        return reader(cfg, name, str(file))
-    if "model_type" in cfg:
-        return from_hf_config(cfg, name, str(file))
-    raise ConfigError(f"{file} has neither 'family' (a genlab run) nor 'model_type' (an HF config)")
-
-
 def from_catalog(entry: catalog.CatalogModel) -> Architecture:
     return from_hf_config(entry.config, entry.name, f"catalogue: {entry.source}")
-
-
-def resolve(spec: str) -> Architecture | ImageArch:
-    """A path, a catalogue name or a genlab preset (LM, or gan-/vae- image presets), in that order."""
-    from genlab.config import LM_PRESETS
-    from genlab.sizing import image
-
-    path = Path(spec).expanduser()
-    if path.exists():
-        return from_path(path)
-    entry = catalog.lookup(spec)
-    if entry is not None:
-        return from_catalog(entry)
-    if spec in LM_PRESETS:
-        return from_preset(spec)
-    if spec in image.PRESETS:
-        return image.from_preset(spec)
-    names = [m.name for m in catalog.MODELS] + list(LM_PRESETS) + list(image.PRESETS)
-    close = difflib.get_close_matches(catalog.normalise(spec), names, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise GenlabError(f"unknown model '{spec}'{hint}: not a file or folder, a catalogue name "
-                      f"(see `genlab size --list`) or a preset ({', '.join([*LM_PRESETS, *image.PRESETS])})")

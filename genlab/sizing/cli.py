@@ -12,9 +12,10 @@ from rich.console import Console
 
 from genlab.errors import GenlabError
 from genlab.sizing import report
-from genlab.sizing.arch import Architecture, resolve
+from genlab.sizing.arch import Architecture
+from genlab.sizing.common import Section, SizeOptions, gib, num
+from genlab.sizing.families import resolve
 from genlab.sizing.hardware import CATALOG, lookup, measure_machine
-from genlab.sizing.report import Section, SizeOptions
 
 FORMATS = ("rich", "json", "markdown")
 
@@ -32,7 +33,7 @@ def _clean(x):
 
 def _measure_section(checks: list[dict], machine_name: str) -> Section:
     def show(v: float, unit: str) -> str:
-        return report.gib(v) if unit == "bytes" else f"{report.num(v)} {unit}"
+        return gib(v) if unit == "bytes" else f"{num(v)} {unit}"
 
     rows = [[c["quantity"], show(c["predicted"], c["unit"]), show(c["measured"], c["unit"]), f"{c['ratio']:.2f}",
              c["how"]] for c in checks]

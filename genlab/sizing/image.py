@@ -25,10 +25,19 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from genlab.errors import ConfigError
-from genlab.sizing import report
-from genlab.sizing.arch import register_family
+from genlab.sizing.common import (
+    GIB,
+    CompareRow,
+    Section,
+    SizeOptions,
+    device_info,
+    flop,
+    gib,
+    params_str,
+    rate,
+    si,
+)
 from genlab.sizing.hardware import CATALOG, Device, peak
-from genlab.sizing.report import Section, SizeOptions, gib, params_str, rate, si
 
 if TYPE_CHECKING:
     from genlab.models.gan import GANConfig
@@ -38,8 +47,8 @@ CONV, LINEAR, NORM, EMBEDDING = "conv", "linear", "norm", "embedding"
 # Bits per parameter: matrices (conv and linear weights) and everything else (biases, norms, embeddings).
 # int8 quantises the matrices only, as the LM's int8 format does (per-channel scales add < 0.1%).
 WEIGHT_FORMATS: dict[str, tuple[int, int]] = {"fp32": (32, 32), "fp16": (16, 16), "int8": (8, 16)}
-FAMILIES = ("gan", "vae")
-PRESETS = tuple(f"{fam}-{p}" for fam in FAMILIES for p in ("tiny", "small"))
+IMAGE_FAMILIES = ("gan", "vae")
+PRESETS = tuple(f"{fam}-{p}" for fam in IMAGE_FAMILIES for p in ("tiny", "small"))
 SMALL_MODEL = 20_000_000  # parameters: built on the CPU before moving to the meta device
 
 
@@ -350,7 +359,9 @@ def _config(family: str, values: dict, where: str):
     return cfg
 
 
-def _run_reader(family: str):
+def run_reader(family: str):
+    """The reader of a ``family`` run's config.json: its ``model`` section, and the batch it trained with."""
+
     def read(cfg: dict, name: str, source: str) -> ImageArch:
         if not isinstance(cfg.get("model"), dict):
             raise ConfigError(f"{source}: a {family} run config needs a 'model' section")
@@ -361,8 +372,8 @@ def _run_reader(family: str):
     return read
 
 
-for _fam in FAMILIES:
-    register_family(_fam, _run_reader(_fam))
+def preset_names(family: str) -> tuple[str, ...]:
+    return tuple(p for p in PRESETS if p.startswith(f"{family}-"))
 
 
 def from_preset(spec: str) -> ImageArch:
@@ -384,7 +395,7 @@ def from_preset(spec: str) -> ImageArch:
 
 def _device_row(dev: Device, batch: int, gen_flops: int, weights: dict[str, float],
                 gen_act: dict[str, float], train_need: float, train_f: float) -> dict:
-    usable = dev.usable_gib * report.GIB
+    usable = dev.usable_gib * GIB
     formats = {}
     for fmt, w in weights.items():
         rate_, prec = peak(dev, "int8" if fmt == "int8" else "fp16" if fmt == "fp16" else "fp32")
@@ -399,7 +410,7 @@ def _device_row(dev: Device, batch: int, gen_flops: int, weights: dict[str, floa
     t_rate, t_prec = peak(dev, "fp32")
     train = {"need_bytes": train_need, "fits": train_need <= usable,
              "images_per_s": t_rate / train_f if t_rate else 0.0, "compute_precision": t_prec}
-    return {**report.device_info(dev), "formats": formats, "training": train}
+    return {**device_info(dev), "formats": formats, "training": train}
 
 
 def analyse_image(a: ImageArch, opts: SizeOptions, devices: list[Device] | None = None,
@@ -499,9 +510,9 @@ def _training_section(r: dict) -> Section:
 
 def _compute_section(r: dict) -> Section:
     c = r["compute"]
-    rows = [[f"forward FLOPs/image, {k}", report.flop(v)] for k, v in c["forward_flops_per_image"].items()]
-    rows += [["FLOPs per generated image", report.flop(c["generate_flops_per_image"])],
-             ["training FLOPs per batch image (fwd + 2x bwd)", report.flop(c["train_flops_per_image"])],
+    rows = [[f"forward FLOPs/image, {k}", flop(v)] for k, v in c["forward_flops_per_image"].items()]
+    rows += [["FLOPs per generated image", flop(c["generate_flops_per_image"])],
+             ["training FLOPs per batch image (fwd + 2x bwd)", flop(c["train_flops_per_image"])],
              [f"training images/s bound, {c['training_device']} fp32", rate(c["train_images_per_s_bound"])]]
     return Section("Compute", ["quantity", "value"], rows,
                    "2 x multiply-adds of convolutions and linear layers; norms and activations not counted")
@@ -525,11 +536,13 @@ def sections(r: dict) -> list[Section]:
     return [_params_section(r), _memory_section(r), _training_section(r), _compute_section(r), _devices_section(r)]
 
 
-# Rows of `genlab size A B` that only image models have (LM reports show "-").
-COMPARE_ROWS = (
-    ("trainable", lambda r: si(r["parameters"]["trainable"])),
-    ("weights fp16", lambda r: gib(r["memory"]["weights"]["fp16"])),
-    ("checkpoint file", lambda r: gib(r["memory"]["checkpoint"]["total"])),
-    ("training memory (batch)", lambda r: gib(r["memory"]["training"]["total"])),
-    ("FLOPs per generated image", lambda r: report.flop(r["compute"]["generate_flops_per_image"])),
-)
+def compare_rows(hw: str) -> list[CompareRow]:
+    """Rows of `genlab size A B` that only image models have (LM reports show "-"); none names a
+    device, so ``hw`` goes unused."""
+    return [
+        ("trainable", lambda r: si(r["parameters"]["trainable"])),
+        ("weights fp16", lambda r: gib(r["memory"]["weights"]["fp16"])),
+        ("checkpoint file", lambda r: gib(r["memory"]["checkpoint"]["total"])),
+        ("training memory (batch)", lambda r: gib(r["memory"]["training"]["total"])),
+        ("FLOPs per generated image", lambda r: flop(r["compute"]["generate_flops_per_image"])),
+    ]

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from genlab.sizing.arch import Architecture
 from genlab.sizing.counts import EMBEDDING, ROUTER, VECTOR, ParamCount
 
-GIB = 2**30
-
 # GGUF block layouts (ggml's block_q* structs): bits per weight including the block scales.
 Q8_0, Q4_0, Q4_K, Q5_K, Q6_K = 34 * 8 / 32, 18 * 8 / 32, 144 * 8 / 256, 176 * 8 / 256, 210 * 8 / 256
 
@@ -58,6 +56,8 @@ FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
 )}
 MAIN_FORMATS = ("fp32", "bf16", "int8", "int4", "Q8_0", "Q4_K_M")
 
+# Bytes per cached element of each --kv-dtype; the names are common.KV_DTYPES (what SizeOptions accepts,
+# checked equal in tests/test_sizing_memory.py).
 KV_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "q8_0": Q8_0 / 8, "q4_0": Q4_0 / 8}
 
 
