@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from genlab.studio.server import ServerConfig, ServerThread, create_app
+from genlab.serve import ServerConfig, ServerThread, create_app
 
 from .test_studio_helpers import gan_run  # noqa: F401  (fixture)
 
@@ -57,7 +57,7 @@ def test_models_and_completions(client, trained_run):
     again = client.completions.create(model=trained_run.name, prompt="The cat", max_tokens=12, temperature=0.9,
                                       top_p=0.95, seed=5, n=2)
     assert [c.text for c in again.choices] == [c.text for c in r.choices]  # seeded
-    stopped = client.completions.create(model="x", prompt="The cat", max_tokens=50, temperature=0, stop=[" "])
+    stopped = client.completions.create(model=trained_run.name, prompt="The cat", max_tokens=50, temperature=0, stop=[" "])
     assert " " not in stopped.choices[0].text
 
 
@@ -73,12 +73,12 @@ def test_streamed_completion_ends_with_done_and_usage(server):
     assert chunks[-1]["usage"]["completion_tokens"] <= 10 and text
 
 
-def test_chat_streamed_and_not(client):
+def test_chat_streamed_and_not(client, trained_run):
     msgs = [{"role": "system", "content": "You talk about cats."}, {"role": "user", "content": "Tell me about the mat."}]
-    r = client.chat.completions.create(model="m", messages=msgs, max_tokens=15, temperature=0)
+    r = client.chat.completions.create(model=trained_run.name, messages=msgs, max_tokens=15, temperature=0)
     assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens > 0
     assert "User:" not in r.choices[0].message.content
-    stream = client.chat.completions.create(model="m", messages=msgs, max_tokens=15, temperature=0, stream=True,
+    stream = client.chat.completions.create(model=trained_run.name, messages=msgs, max_tokens=15, temperature=0, stream=True,
                                             stream_options={"include_usage": True})
     pieces, finish, usage = [], None, None
     for chunk in stream:
@@ -133,12 +133,95 @@ def test_errors_are_json_4xx(server):
         assert "sqlite" not in r.text.lower() or "error" in r.json()
 
 
-def test_concurrent_requests_share_forward_passes(server, client):
+def test_chunked_body_is_counted_and_capped(server):
+    """No Content-Length (a chunked upload): the guard counts the bytes as they come, refuses past
+    the cap with a JSON 413, and hands a body under it on to the route unchanged."""
+    def chunked(body: bytes, piece: int = 4096):
+        for i in range(0, len(body), piece):
+            yield body[i:i + piece]
+
+    headers = {**auth(), "Content-Type": "application/json"}
+    big = json.dumps({"prompt": "x" * 30_000}).encode()
+    r = httpx.post(server.url + "/v1/completions", content=chunked(big), headers=headers)
+    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+    small = json.dumps({"prompt": "The cat", "max_tokens": 3, "temperature": 0}).encode()
+    r = httpx.post(server.url + "/v1/completions", content=chunked(small, 5), headers=headers)
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("length", "stop"), r.text
+    r = httpx.post(server.url + "/v1/completions", content=chunked(b"{not json", 3), headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "the request body is not valid JSON"
+
+
+def test_unknown_model_is_404_model_not_found(client, server, trained_run, gan_run):  # noqa: F811
+    """A model this server does not have is not answered by another one (as OpenAI and vLLM do)."""
+    msgs = [{"role": "user", "content": "Hi"}]
+    calls = [lambda: client.completions.create(model="nope", prompt="The cat", max_tokens=3),
+             lambda: client.chat.completions.create(model="nope", messages=msgs, max_tokens=3),
+             lambda: client.chat.completions.create(model="nope", messages=msgs, max_tokens=3, stream=True),
+             lambda: client.completions.create(model=gan_run.name, prompt="The cat", max_tokens=3),
+             lambda: client.images.generate(model="nope", prompt="a cross"),
+             lambda: client.audio.speech.create(model="nope", voice="alloy", input="Hi", response_format="wav")]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as e:
+            call()
+        assert e.value.status_code == 404 and e.value.code == "model_not_found" and e.value.param == "model"
+        assert "nope" in e.value.message or gan_run.name in e.value.message
+    # Every id /v1/models lists is accepted where it belongs, and an omitted model is the default one.
+    ids = {m.id for m in client.models.list()}
+    assert ids == {trained_run.name, gan_run.name, "genlab-tts"}
+    assert client.completions.create(model=trained_run.name, prompt="The", max_tokens=2).model == trained_run.name
+    assert client.chat.completions.create(model=trained_run.name, messages=msgs, max_tokens=2).choices
+    assert client.images.generate(model=gan_run.name, prompt="a cross").data
+    assert client.images.generate(prompt="a cross").data
+    assert client.audio.speech.create(model="genlab-tts", voice="alloy", input="Hi", response_format="wav").read()
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "The", "max_tokens": 2}, headers=auth())
+    assert r.status_code == 200 and r.json()["model"] == trained_run.name
+
+
+def test_more_than_four_stop_sequences_is_a_clear_400(client, server, trained_run):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=trained_run.name, prompt="The cat", max_tokens=3, stop=list("abcde"))
+    assert e.value.param == "stop" and "at most 4 stop sequences" in e.value.message, e.value.message
+    r = httpx.post(server.url + "/v1/chat/completions", headers=auth(),
+                   json={"messages": [{"role": "user", "content": "Hi"}], "stop": list("abcde")})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
+    assert "at most 4 stop sequences" in r.json()["error"]["message"]
+    four = client.completions.create(model=trained_run.name, prompt="The cat", max_tokens=3, stop=list("wxyz"))
+    assert four.choices
+
+
+def test_n_choices_each_with_its_own_seed(client, trained_run):
+    """n > 1 answers n choices, index i sampled with seed + i: the same text a single request with
+    that seed gets; streamed or not."""
+    kw = dict(model=trained_run.name, max_tokens=8, temperature=1.0, seed=11)
+    r = client.completions.create(prompt="The cat", n=3, **kw)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    singles = [client.completions.create(prompt="The cat", **{**kw, "seed": 11 + i}).choices[0].text
+               for i in range(3)]
+    assert [c.text for c in r.choices] == singles
+    msgs = [{"role": "user", "content": "Tell me about the mat."}]
+    chat = client.chat.completions.create(messages=msgs, n=2, **kw)
+    assert [c.index for c in chat.choices] == [0, 1]
+    one = [client.chat.completions.create(messages=msgs, **{**kw, "seed": 11 + i}).choices[0].message.content
+           for i in range(2)]
+    assert [c.message.content for c in chat.choices] == one
+    pieces = ["", ""]
+    for chunk in client.chat.completions.create(messages=msgs, n=2, stream=True, **kw):
+        for c in chunk.choices:
+            pieces[c.index] += c.delta.content or ""
+    assert pieces == one
+    streamed = ["", "", ""]
+    for chunk in client.completions.create(prompt="The cat", n=3, stream=True, **kw):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert streamed == singles
+
+
+def test_concurrent_requests_share_forward_passes(server, client, trained_run):
     before = httpx.get(server.url + "/health").json()["batching"]
     results: list[str] = []
 
     def one(i: int) -> None:
-        s = client.completions.create(model="m", prompt=f"The cat {i}", max_tokens=40, temperature=1.0, seed=i,
+        s = client.completions.create(model=trained_run.name, prompt=f"The cat {i}", max_tokens=40, temperature=1.0, seed=i,
                                       stream=True, extra_body={"ignore_eos": True})
         results.append("".join(c.choices[0].text for c in s if c.choices))
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from genlab.studio.server import ServerConfig, ServerThread, create_app
+from genlab.serve import ServerConfig, ServerThread, create_app
 
 from .test_studio_backends import image_run, lm_run  # noqa: F401  (fixtures)
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from genlab.studio.server import ServerConfig, ServerThread, create_app
+from genlab.serve import ServerConfig, ServerThread, create_app
 
 from .test_studio_helpers import gan_run  # noqa: F401  (fixture)
 

@@ -68,7 +68,7 @@ async def _level(url: str, clients: int, per_client: int, max_tokens: int, heade
 def bench_serve(text_run: str | Path, levels: tuple[int, ...] = (1, 4, 16), requests_per_client: int = 4,
                 max_tokens: int = 64, max_batch: int = 16, device: str = "auto") -> list[LoadResult]:
     """Measure each concurrency level; level 1 is the one-at-a-time baseline (always measured first)."""
-    from genlab.studio.server import ServerConfig, ServerThread, create_app
+    from genlab.serve import ServerConfig, ServerThread, create_app
 
     if requests_per_client < 1 or max_tokens < 1 or not levels or min(levels) < 1:
         raise ConfigError("levels, requests per client and max_tokens must be positive")
