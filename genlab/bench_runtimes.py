@@ -8,16 +8,15 @@ decode steps do the same work everywhere), greedy generation from the same promp
 validation split for perplexity. Parity is measured against PyTorch eager fp32 from the same files:
 max |logit diff| over the prompt and continuation, greedy-token agreement, perplexity change.
 
-Runtimes are driven through the calling convention ``LanguageModel`` uses
-(``model(idx, cache, start) -> logits``), so sampling, context shifts and scoring are genlab's own
-code for every row; llama.cpp and transformers get small adapters below. The transformers row also
-times ``model.generate`` itself, which is what its users run.
+Every variant is opened by ``genlab.runtimes.registry.open_lm`` and driven through the ``Runner``
+call (``runner(idx, cache, start) -> logits``), so sampling, context shifts and scoring are
+genlab's own code for every row. The transformers row also times ``model.generate`` itself, which
+is what its users run.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ import torch
 
 from genlab import runs
 from genlab.errors import ConfigError
-from genlab.evaluate.perplexity import token_nll
+from genlab.train.lm import token_nll
 
 VARIANTS = [
     ("pytorch", "fp32"), ("pytorch", "bf16"), ("pytorch", "int8"), ("pytorch", "int4"),
@@ -133,82 +132,17 @@ def prepare(run: Path, work: Path, runtime: str, precision: str, log) -> Path:
     raise ConfigError(f"unknown runtime '{runtime}'")
 
 
-# ---- adapters for runtimes with their own generation loop ----------------------------------------
-
-class _LlamaCppModel:
-    """llama.cpp behind ``model(idx, cache, start)``: its own KV cache follows the calls."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, path: Path, cfg) -> None:
-        from llama_cpp import Llama
-
-        self.cfg = cfg
-        self.llm = Llama(model_path=str(path), n_ctx=cfg.context, logits_all=True, verbose=False,
-                         n_threads=os.cpu_count(), n_batch=cfg.context, seed=0)
-
-    def eval(self):
-        return self
-
-    def new_cache(self, batch: int = 1, max_len=None, dtype=None):
-        self.llm.reset()
-        return None
-
-    def __call__(self, idx: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
-        rows = []
-        for row in idx:
-            if start == 0 or len(idx) > 1:
-                self.llm.reset()
-            self.llm.eval(row.tolist())
-            n = self.llm.n_tokens
-            rows.append(torch.from_numpy(np.array(self.llm.scores[n - len(row) : n], dtype=np.float32)))
-        return torch.stack(rows)
-
-
-class _TransformersModel:
-    """transformers' LlamaForCausalLM behind ``model(idx, cache, start)`` with its DynamicCache."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, path: Path, cfg) -> None:
-        from transformers import AutoModelForCausalLM
-
-        self.cfg = cfg
-        self.hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-
-    def eval(self):
-        return self
-
-    def new_cache(self, batch: int = 1, max_len=None, dtype=None):
-        from transformers import DynamicCache
-
-        return {"past": DynamicCache()}
-
-    @torch.no_grad()
-    def __call__(self, idx: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
-        if cache is None:
-            return self.hf(input_ids=idx).logits
-        out = self.hf(input_ids=idx, past_key_values=cache["past"], use_cache=True)
-        cache["past"] = out.past_key_values
-        return out.logits
-
-
 def _open(runtime: str, precision: str, path: Path, run: Path):
     """The variant as a ``LanguageModel`` (the timed part of loading)."""
-    import genlab
     from genlab.data import tokenizer as tokmod
-    from genlab.generate.text import LanguageModel
-    from genlab.models.transformer import LMConfig
+    from genlab.generate.text import load_lm
 
-    if runtime in ("pytorch", "onnxruntime", "executorch", "litert"):
-        lm = genlab.load(path, device="cpu") if runtime == "pytorch" else genlab.load(path)
-        if precision == "bf16":
-            lm.model.to(torch.bfloat16)
-        return lm
-    cfg = LMConfig.from_dict(runs.read_config(run)["model"])
-    model = _LlamaCppModel(path, cfg) if runtime == "llama.cpp" else _TransformersModel(path, cfg)
-    tok = tokmod.load(run / runs.TOKENIZER)
-    lm = LanguageModel(model, tok, path)  # type: ignore[arg-type]
+    lm = load_lm(path, device="cpu")
+    if precision == "bf16":
+        lm.model.to(torch.bfloat16)
+    # Every row encodes the prompts with the run's own tokenizer (llama.cpp brings its own, which
+    # may split text differently), so all runtimes see the same token ids.
+    lm.tokenizer = tokmod.load(run / runs.TOKENIZER)
     return lm
 
 

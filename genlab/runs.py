@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -111,6 +115,53 @@ def read_config(run: str | Path, family: str | None = None) -> dict:
     if family is not None and cfg["family"] != family:
         raise RunError(f"run '{run}' holds a {cfg['family']} model, not a {family} model")
     return cfg
+
+
+# ---- outputs that appear whole or not at all (exports, quantized runs, bundles) ----------------
+
+@contextmanager
+def staged_dir(out: Path, overwrite: bool = False, error: type[Exception] = RunError) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``out``; on success it becomes ``out`` in one rename, on any
+    failure it is removed, so ``out`` is never half-written."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise error(f"'{out}' already exists; pick another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():  # --overwrite: move the old one aside first, drop it only once the new one is in
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def staged_file(out: Path, overwrite: bool = False, error: type[Exception] = RunError) -> Iterator[Path]:
+    """Yield a temp path in ``out``'s folder; on success it is renamed to ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise error(f"'{out}' already exists; pick another --out or pass --overwrite")
+    if out.is_dir():
+        raise error(f"'{out}' is a folder; give a file name for --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def require_new(run: Path, overwrite: bool) -> None:

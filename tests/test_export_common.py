@@ -3,13 +3,16 @@ random runs for the export tests."""
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
 
 from genlab import runs
-from genlab.export.common import ExportError, Parity, staged_dir, staged_file
+from genlab.errors import RunError
+from genlab.export.common import ExportError, Parity
 from genlab.models.transformer import LMConfig, Transformer
+from genlab.runs import staged_dir, staged_file
 
 
 def random_run(path, trained_run, seed=0, **model):
@@ -41,7 +44,7 @@ def test_staged_dir_appears_whole_or_not_at_all(tmp_path):
         (tmp / "a").write_text("1")
         assert not out.exists()  # nothing visible until the end
     assert (out / "a").read_text() == "1"
-    with pytest.raises(ExportError, match="already exists"), staged_dir(out):
+    with pytest.raises(RunError, match="already exists"), staged_dir(out):
         pass
     with staged_dir(out, overwrite=True) as tmp:
         (tmp / "b").write_text("2")
@@ -58,7 +61,7 @@ def test_staged_file_appears_whole_or_not_at_all(tmp_path):
     with staged_file(out) as tmp:
         tmp.write_bytes(b"whole")
     assert out.read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == ["m.bin"]
-    with pytest.raises(ExportError, match="already exists"), staged_file(out):
+    with pytest.raises(RunError, match="already exists"), staged_file(out):
         pass
 
 
@@ -72,23 +75,31 @@ def test_parity_check_fails_beyond_its_tolerance():
         Parity("y", 0.1, 0.3, unit="pixel", mean_abs_diff=0.05, mean_tolerance=0.03).check()
 
 
-def test_files_genlab_cannot_generate_from_get_a_pointer(tmp_path):
+def test_artifacts_genlab_cannot_run_here_get_one_line_saying_why(tmp_path):
+    import importlib.util
     import json
 
-    from genlab.errors import RunError
     from genlab.generate.text import load_lm
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    with pytest.raises(RunError, match="GGUF file: run it with llama.cpp"):
-        load_lm(gguf)
+    if importlib.util.find_spec("llama_cpp") is None:
+        with pytest.raises(RunError, match="GGUF file needs llama-cpp-python"):
+            load_lm(gguf)
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(RunError, match="genlab import hf"):
+    with pytest.raises(RunError, match="has no tokenizer.json"):
         load_lm(hf)
     folder = tmp_path / "cm"
     folder.mkdir()
     (folder / "genlab-export.json").write_text(json.dumps({"format": "coreml", "family": "lm"}))
-    with pytest.raises(ExportError, match="coreml export, which cannot run on this machine"):
-        load_lm(folder)
+    if sys.platform != "darwin":
+        with pytest.raises(RunError, match="Core ML runs only on macOS"):
+            load_lm(folder)
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(RunError, match="is not a model genlab can open; it opens a genlab run directory"):
+        load_lm(other)
+    with pytest.raises(RunError, match="does not exist"):
+        load_lm(tmp_path / "missing")

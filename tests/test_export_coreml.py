@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("coremltools")
 
-from genlab.export.common import BUNDLE_META, ExportError  # noqa: E402
+from genlab.export.common import ExportError  # noqa: E402
+from genlab.runtimes.base import BUNDLE_META  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,8 +21,10 @@ def export(run, out, **kw):
     from genlab.export.coreml import export_coreml
 
     lines = []
-    parity = export_coreml(run, out, log=lines.append, **kw)
-    return parity, lines
+    report = export_coreml(run, out, log=lines.append, **kw)
+    # Off macOS no numbers can be measured, and the report says so instead of claiming a check.
+    assert (report.unchecked and "numeric parity" in report.unchecked[0]) == (sys.platform != "darwin")
+    return report.checks, lines
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,15 @@ import torch
 
 import genlab
 from genlab.export import executorch as et
-from genlab.export.common import BUNDLE_META, ExportError, read_bundle_meta
+from genlab.export.common import FP32_TOLERANCE, INT8_RELATIVE_TOLERANCE, ExportError
 from genlab.export.image import (
     LOW_PRECISION_PIXEL_TOLERANCE,
     PIXEL_TOLERANCE,
     example_inputs,
     load_image_decoder,
 )
+from genlab.runtimes.base import BUNDLE_META, read_bundle_meta
+from genlab.runtimes.executorch import run_image_program
 
 pytest.importorskip("executorch.runtime")
 
@@ -26,7 +28,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # loweri
 
 def _export(run, out, **kw):
     lines = []
-    parity = et.export_executorch(run, out, log=lines.append, **kw)
+    parity = et.export_executorch(run, out, log=lines.append, **kw).checks
     return out, parity, lines
 
 
@@ -57,7 +59,7 @@ def test_lm_program_has_prefill_and_decode(lm_fp32, trained_run):
         assert list(meta.input_tensor_meta(2).sizes()) == cache_shape
         assert list(meta.output_tensor_meta(0).sizes()) == [1, chunk, cfg.vocab_size]
 
-    assert parity.max_abs_diff < et.TOLERANCE and parity.logit_scale > 1.0
+    assert parity.max_abs_diff < FP32_TOLERANCE and parity.logit_scale > 1.0
     assert "ExecuTorch vs PyTorch" in lines[1] and "max |logit diff|" in lines[1]
     assert lines[2].startswith("greedy agreement") and "perplexity" in lines[2]
     meta = read_bundle_meta(out)
@@ -86,7 +88,7 @@ def test_seeded_generation_through_executorch_equals_pytorch(lm_fp32, trained_ru
 def test_int8_lm_is_close_and_smaller(lm_int8, lm_fp32):
     out, (parity,), lines = lm_int8
     assert "ExecuTorch int8 vs PyTorch" in parity.what
-    assert parity.max_abs_diff <= et.INT8_RELATIVE_TOLERANCE * parity.logit_scale
+    assert parity.max_abs_diff <= INT8_RELATIVE_TOLERANCE * parity.logit_scale
     assert parity.max_abs_diff > 1e-4  # really quantized: not the fp32 program again
     meta = read_bundle_meta(out)
     assert meta["precision"] == "int8" and meta["figures"]["greedy_tokens"] == 256
@@ -104,7 +106,7 @@ def fast_lowering(monkeypatch, lm_fp32):
 
 
 def test_failed_parity_writes_nothing(tmp_path, trained_run, monkeypatch, fast_lowering):
-    monkeypatch.setattr(et, "TOLERANCE", -1.0)
+    monkeypatch.setattr("genlab.export.edge.FP32_TOLERANCE", -1.0)
     out = tmp_path / "never"
     with pytest.raises(ExportError, match="parity check failed.*not written"):
         et.export_executorch(trained_run, out, log=lambda m: None)
@@ -144,7 +146,7 @@ def test_image_export_matches_pytorch(tmp_path, request, family, int8):
     # the program, run directly with other latents than the parity check's
     gen, decoder = load_image_decoder(run)
     inputs = example_inputs(decoder, 4, seed=7)
-    got = et.run_image_program(out / "generator.pte", *inputs)
+    got = run_image_program(out / "generator.pte", *inputs)
     assert got.shape == (4, 1, 16, 16)
     with torch.no_grad():
         diff = (got - decoder(*inputs)).abs().max().item()

@@ -10,8 +10,9 @@ import torch
 import genlab
 from genlab.errors import RunError
 from genlab.export.common import ExportError, probe_tokens
-from genlab.export.onnx import OnnxTransformer, export_onnx, onnx_parity
-from genlab.optimize.quantize import load_float_model
+from genlab.export.onnx import export_onnx, onnx_parity
+from genlab.runtimes.onnx import OnnxRunner
+from genlab.runtimes.pytorch import load_float_model
 
 from .conftest import GENLAB
 
@@ -30,7 +31,7 @@ def exported(tmp_path_factory, trained_run):
 
 def test_prefill_and_decode_logits_match_pytorch(exported, trained_run):
     model, _ = load_float_model(trained_run)
-    onnx_model = OnnxTransformer(exported)
+    onnx_model = OnnxRunner(exported)
     # the graph's inputs: token ids and the past keys/values, with dynamic batch/sequence/past lengths
     inputs = {i.name: i.shape for i in onnx_model.session.get_inputs()}
     assert inputs["input_ids"] == ["batch", "seq"] and isinstance(inputs["past.0.k"][2], str)
@@ -96,7 +97,7 @@ def test_not_a_genlab_onnx_file(tmp_path, exported):
 @pytest.mark.slow
 def test_int8_export_is_smaller_and_close(tmp_path, trained_run, exported):
     path = tmp_path / "tiny-int8.onnx"
-    parity = export_onnx(trained_run, path, int8=True, log=lambda m: None)
+    parity = export_onnx(trained_run, path, int8=True, log=lambda m: None).checks[0]
     assert parity.ok and 0 < parity.max_abs_diff < 0.05 * parity.logit_scale
     assert path.stat().st_size < 0.45 * exported.stat().st_size
     lm = genlab.load(path)

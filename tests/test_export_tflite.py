@@ -12,8 +12,10 @@ import torch
 
 import genlab
 from genlab.export import tflite
-from genlab.export.common import BUNDLE_META, ExportError, read_bundle_meta
+from genlab.export.common import INT8_RELATIVE_TOLERANCE, ExportError
 from genlab.export.image import example_inputs, load_image_decoder
+from genlab.runtimes import litert
+from genlab.runtimes.base import BUNDLE_META, read_bundle_meta
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert.interpreter")
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _export(run, out, **kw):
     lines = []
-    parity = tflite.export_tflite(run, out, log=lines.append, **kw)
+    parity = tflite.export_tflite(run, out, log=lines.append, **kw).checks
     return parity, lines
 
 
@@ -66,7 +68,7 @@ def test_lm_folder_signatures_and_meta(lm_fp32, trained_run):
     assert abs(figures["ppl_change_pct"]) < 0.01 and figures["ppl_tokens"] > 1000
 
     # one flatbuffer, two named signatures with the same named inputs and outputs
-    runner = tflite.load_bundle_runner(out, meta)
+    runner = litert.open_artifact(out).runner
     found = runner.interpreter.get_signature_list()
     assert sorted(found) == ["decode", "prefill"]
     caches = ["k_0", "v_0", "k_1", "v_1"]
@@ -83,7 +85,7 @@ def test_generation_through_litert_equals_pytorch(lm_fp32, trained_run):
     out, _, _ = lm_fp32
     lm_tfl = genlab.load(out)
     lm_torch = genlab.load(trained_run, device="cpu")
-    assert isinstance(lm_tfl.model, tflite.LiteRTRunner)
+    assert isinstance(lm_tfl.model, litert.LiteRTRunner)
     assert lm_tfl.eot == lm_torch.eot and lm_tfl.config == lm_torch.config
     for kw in (dict(temperature=0), dict(temperature=0.9, top_k=20, seed=4)):
         # 70 new tokens > context 64: the window shift re-reads part of the context through a fresh cache
@@ -96,7 +98,7 @@ def test_int8_is_smaller_and_close(lm_int8, lm_fp32, trained_run):
     out, parity, lines = lm_int8
     assert lines[0].startswith("parity (LiteRT int8 vs PyTorch")
     p = parity[0]
-    assert 0 < p.max_abs_diff <= tflite.INT8_RELATIVE_TOLERANCE * p.logit_scale  # quantized, within 5%
+    assert 0 < p.max_abs_diff <= INT8_RELATIVE_TOLERANCE * p.logit_scale  # quantized, within 5%
     meta = read_bundle_meta(out)
     assert meta["precision"] == "dynamic-int8" and meta["figures"]["greedy_agreement"] >= 32
     assert (out / "model.tflite").stat().st_size < 0.6 * (lm_fp32[0] / "model.tflite").stat().st_size
@@ -113,14 +115,14 @@ def _copy_converter(src):
 
 def test_failed_parity_leaves_nothing(lm_fp32, vae_fp32, trained_run, vae_run, tmp_path, monkeypatch):
     monkeypatch.setattr(tflite, "_convert", _copy_converter(lm_fp32[0] / "model.tflite"))
-    monkeypatch.setattr(tflite, "TOLERANCE", -1.0)
+    monkeypatch.setattr("genlab.export.edge.FP32_TOLERANCE", -1.0)
     out = tmp_path / "lm"
     with pytest.raises(ExportError, match="parity check failed.*the export was not written"):
         _export(trained_run, out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
     monkeypatch.setattr(tflite, "_convert", _copy_converter(vae_fp32[0] / "generator.tflite"))
-    monkeypatch.setattr("genlab.export.image.PIXEL_TOLERANCE", -1.0)
+    monkeypatch.setattr("genlab.export.edge.PIXEL_TOLERANCE", -1.0)
     with pytest.raises(ExportError, match="parity check failed"):
         _export(vae_run, tmp_path / "vae")
     assert list(tmp_path.iterdir()) == []
@@ -155,7 +157,7 @@ def test_image_export(family, request, vae_fp32, tmp_path):
     # other latents than the traced ones: the graph is not specialised to its sample inputs
     _, decoder = load_image_decoder(run)
     z, labels = example_inputs(decoder, 4, seed=7)
-    got = tflite.run_image_model(out / "generator.tflite", z, labels.flip(0))
+    got = litert.run_image_model(out / "generator.tflite", z, labels.flip(0))
     with torch.no_grad():
         ref = decoder(z, labels.flip(0)).numpy()
     assert got.shape == (4, 1, 16, 16)

@@ -3,7 +3,7 @@ import torch
 
 import genlab
 from genlab.errors import ConfigError
-from genlab.generate.text import SamplingOptions, _held_back, next_token
+from genlab.generate.text import Detokenizer, SamplingOptions, clean_text, next_token
 
 
 def test_same_seed_same_output(trained_run):
@@ -60,10 +60,30 @@ def test_greedy_top_k_top_p_and_repetition_penalty():
     assert next_token(logits, SamplingOptions(temperature=0, repetition_penalty=2.0), torch.tensor([1]), gen) == 2
 
 
-def test_stream_holds_back_partial_stop_strings():
-    assert _held_back("hello wor", ("world",)) == 3
-    assert _held_back("hello", ("xyz",)) == 0
-    assert _held_back("ab\ufffd", ()) == 1
+def test_detokenizer_holds_back_partial_stop_strings_and_characters():
+    pieces = ["hel", "lo wor", "ld!"]
+    detok = Detokenizer(lambda ids: "".join(pieces[i] for i in ids), ("world",))
+    assert detok.add(0) == "hel"
+    assert detok.add(1) == "lo "  # "wor" might become "world": held back
+    assert detok.add(2) == "" and detok.stopped  # the stop string appeared: nothing from it on is sent
+    assert detok.finish() == ""
+    no_stops = Detokenizer(lambda ids: "".join(pieces[i] for i in ids), ("xyz",))
+    assert no_stops.add(0) == "hel" and no_stops.add(1) == "lo wor" and not no_stops.stopped
+    # a partial UTF-8 character decodes to U+FFFD: held back until the next token completes it
+    utf8 = [b"ab\xc3", b"\xa9"]
+    part = Detokenizer(lambda ids: b"".join(utf8[i] for i in ids).decode(errors="replace"))
+    assert part.add(0) == "ab" and part.add(1) == "\u00e9" and part.finish() == ""
+    ended = Detokenizer(lambda ids: "".join(pieces[i] for i in ids), ("zz",))
+    assert ended.add(0) == "hel" and ended.finish() == ""  # nothing held back: nothing left to send
+
+
+def test_prompt_bytes_that_are_not_utf8_become_replacement_characters(trained_run):
+    """A shell passes $'\\xff\\xfe' to Python as lone surrogates; tokenizers refuse those (a TypeError)."""
+    assert clean_text("a\udcff\udcfeb") == "a\ufffd\ufffdb"
+    assert clean_text("x\ud800") == "x" + "\ufffd" * 3  # a lone surrogate from elsewhere (e.g. JSON)
+    lm = genlab.load(trained_run)
+    assert isinstance(lm.generate("\udcff\udcfe", max_tokens=5, seed=0), str)
+    assert lm.info.prompt_tokens >= 1
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_k=0), dict(max_tokens=-1)])

@@ -19,13 +19,13 @@ from genlab.optimize.quantize import (
     QuantLinear,
     QuantSpec,
     dequantize,
-    load_float_model,
     pack_int4,
     quantize_int4,
     quantize_int8,
     quantize_run,
     unpack_int4,
 )
+from genlab.runtimes.pytorch import load_float_model
 
 from .conftest import GENLAB
 

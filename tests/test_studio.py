@@ -126,7 +126,7 @@ def test_hf_folder_backend(trained_run, tmp_path):
     """A local Hugging Face model folder (a tiny random Llama with our tokenizer) as text back end."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from genlab.studio.backends import HFTextBackend, text_backend
+    from genlab.studio.backends import GenlabTextBackend, text_backend
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(trained_run / "tokenizer.json"), eos_token="<|endoftext|>")
     cfg = LlamaConfig(vocab_size=tok.vocab_size + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -134,7 +134,7 @@ def test_hf_folder_backend(trained_run, tmp_path):
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
     tok.save_pretrained(tmp_path / "hf")
     backend = text_backend(tmp_path / "hf")
-    assert isinstance(backend, HFTextBackend) and not backend.chat
+    assert isinstance(backend, GenlabTextBackend) and backend.lm.runtime == "transformers" and not backend.chat
     opts = SamplingOptions(max_tokens=8, temperature=1.0, seed=1)
     text = "".join(backend.stream("The cat", opts))
     assert text and text == "".join(backend.stream("The cat", opts))

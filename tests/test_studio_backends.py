@@ -68,7 +68,7 @@ def test_studio_make_through_an_openai_compatible_server(lm_run, image_run, tmp_
     import hashlib
 
     from genlab.cli import main
-    from genlab.studio.server import ServerConfig, ServerThread, create_app
+    from genlab.serve import ServerConfig, ServerThread, create_app
 
     cfg = ServerConfig(text_run=lm_run, data_dir=tmp_path / "data", device="cpu", semantic_labels=False)
     with ServerThread(create_app(cfg)) as srv:
@@ -120,14 +120,18 @@ def hf_folder(lm_run, tmp_path_factory) -> Path:
 
 def test_hf_backend_streams_token_by_token(hf_folder):
     import torch
+    from transformers import AutoTokenizer
 
     from genlab.generate.text import SamplingOptions
-    from genlab.studio.backends import HFTextBackend, text_backend
+    from genlab.runtimes.hf import TransformersRunner
+    from genlab.studio.backends import GenlabTextBackend, text_backend
 
     backend = text_backend(hf_folder, device="cpu")
-    assert isinstance(backend, HFTextBackend) and not backend.chat
+    assert isinstance(backend, GenlabTextBackend) and not backend.chat
+    assert isinstance(backend.lm.model, TransformersRunner)  # the one transformers runner
+    hf, tokenizer = backend.lm.model.hf, AutoTokenizer.from_pretrained(hf_folder)
     forwards = []
-    backend.model.register_forward_hook(lambda *_: forwards.append(1))
+    hf.register_forward_hook(lambda *_: forwards.append(1))
 
     # Live: the first piece comes out after the first forward pass, not after all of them.
     pieces = backend.stream("The cat", SamplingOptions(max_tokens=16, temperature=0, ignore_eot=True))
@@ -136,11 +140,11 @@ def test_hf_backend_streams_token_by_token(hf_folder):
     greedy = first + "".join(pieces)
     assert len(forwards) == 16
     # The cached loop decodes what transformers' own greedy generate() does.
-    ids = backend.tokenizer("The cat", return_tensors="pt").input_ids
+    ids = tokenizer("The cat", return_tensors="pt").input_ids
     with torch.no_grad():
-        ref = backend.model.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None,
-                                     pad_token_id=backend.tokenizer.eos_token_id)
-    assert greedy == backend.tokenizer.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+        ref = hf.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                     pad_token_id=tokenizer.eos_token_id)
+    assert greedy == tokenizer.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
 
     # Sampling: one piece per token, seeded (same seed, same text; another seed, another text).
     opts = SamplingOptions(max_tokens=20, temperature=1.0, top_p=0.9, repetition_penalty=1.2, seed=7,

@@ -1,2 +1,2 @@
-"""Ship a trained model: one module per target (hf, onnx, gguf), each with a parity check against
-the PyTorch model that runs at the end of the export."""
+"""Ship a trained model: one module per target behind one interface (common.Exporter), listed in
+registry.TARGETS. Each export reports the parity checks it ran and what it could not check here."""

@@ -1,67 +1,82 @@
-"""What every export target shares: all-or-nothing output, the parity probe, and its report."""
+"""What every export target shares: the exporter interface and its report, the parity probe and its
+tolerances, and the export folder's metadata.
+
+An export target is one module in this package that ends with ``EXPORTER = Exporter(...)``: its
+name, the model families it takes, the options it reads, how its output is named, and the function
+that writes it. Every export returns one ``ExportReport``: the files written, the parity figures
+of each check that ran, and what could not be checked on this machine and why. genlab.export.registry
+lists the targets; the CLI's `export` command and its help are built from that list.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from genlab.errors import GenlabError
+from genlab.runtimes.base import BUNDLE_META
+from genlab.runtimes.base import require as _require
 
 
 class ExportError(GenlabError):
     """An export that cannot be made, or whose output does not match the PyTorch model."""
 
 
-@contextmanager
-def staged_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temp folder beside ``out``; on success it becomes ``out`` in one rename, on any
-    failure it is removed, so ``out`` is never half-written."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"'{out}' already exists; pick another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():  # --overwrite: move the old one aside first, drop it only once the new one is in
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+# ---- tolerances, shared by every target -----------------------------------------------------------
+# fp32 graphs differ from fp32 PyTorch by the order of float sums only.
+FP32_TOLERANCE = 1e-4
+# int8 graphs are compared with the float model, so the difference is the quantization error; it is
+# bounded relative to the size of the logits (measured on the tiny test model: ~1.3-1.6%).
+INT8_RELATIVE_TOLERANCE = 0.05
 
 
-@contextmanager
-def staged_file(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp path in ``out``'s folder; on success it is renamed to ``out``."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"'{out}' already exists; pick another --out or pass --overwrite")
-    if out.is_dir():
-        raise ExportError(f"'{out}' is a folder; give a file name for --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+@dataclass
+class ExportOptions:
+    """Every option an export target may read; each target declares which ones it takes."""
+
+    int8: bool = False  # onnx, executorch, tflite
+    gguf_type: str = "f16"  # gguf: f16 or q8_0
+    compress: str | None = None  # coreml: palettize4, palettize6, int8
+    stateful: bool = False  # coreml: the KV cache as Core ML state
+
+
+# How each option is spelled on the command line, for messages.
+OPTION_FLAGS = {"int8": "--int8", "gguf_type": "--type", "compress": "--compress", "stateful": "--stateful"}
+
+
+@dataclass
+class ExportReport:
+    format: str
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    checks: list[Parity] = field(default_factory=list)  # every parity check that ran (all passed)
+    figures: dict = field(default_factory=dict)  # LMs: greedy agreement, perplexity change
+    unchecked: list[str] = field(default_factory=list)  # what could not be checked here, and why
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+@dataclass(frozen=True)
+class Exporter:
+    name: str
+    summary: str  # one line for `genlab export --help`
+    families: tuple[str, ...]
+    options: tuple[str, ...]  # the ExportOptions fields it reads
+    # (run, options) -> the default --out beside the run, e.g. "tiny-int8.onnx"
+    default_name: Callable[[Path, ExportOptions], str]
+    # (run, out, options, overwrite, log) -> report; out appears whole or not at all
+    export: Callable[[Path, Path, ExportOptions, bool, Callable[[str], None]], ExportReport]
+
+
+def require(module: str, extra: str, what: str):
+    """Import an optional dependency or say, in one line, which extra to install."""
+    return _require(module, extra, what, error=ExportError)
 
 
 def probe_tokens(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -103,9 +118,8 @@ class Parity:
 
 # ---- bundles: the folder an edge export writes ---------------------------------------------------
 # ExecuTorch, LiteRT and Core ML exports are folders: the model file(s), the tokenizer (LMs) and
-# genlab-export.json, which says what the files are so `genlab.load(FOLDER)` can run them.
-
-BUNDLE_META = "genlab-export.json"
+# genlab-export.json, which says what the files are so `genlab.load(FOLDER)` can run them
+# (genlab.runtimes reads it).
 
 
 def write_bundle_meta(folder: Path, fmt: str, run: Path, files: dict[str, str], parity: list[Parity],
@@ -132,60 +146,6 @@ def write_bundle_meta(folder: Path, fmt: str, run: Path, files: dict[str, str], 
         shutil.copyfile(run / runs.TOKENIZER, folder / runs.TOKENIZER)
     write_json(folder / BUNDLE_META, meta)
     return meta
-
-
-def read_bundle_meta(folder: Path) -> dict:
-    import json
-
-    folder = Path(folder)
-    path = folder / BUNDLE_META
-    if not path.is_file():
-        raise ExportError(f"'{folder}' is not a genlab export folder (no {BUNDLE_META})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ExportError(f"{path} is not valid JSON ({e})") from None
-
-
-def require(module: str, extra: str, what: str):
-    """Import an optional dependency or say, in one line, which extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ExportError(f"{what} needs the '{module.split('.')[0]}' package: pip install 'genlab[{extra}]'") from None
-
-
-# Export folders whose LM runs on this machine: format -> module with ``load_bundle_runner(folder, meta)``.
-RUNNABLE_BUNDLES = {"executorch": "genlab.export.executorch", "tflite": "genlab.export.tflite"}
-
-
-def load_bundle_lm(folder: Path):
-    """A ``LanguageModel`` that generates through the runtime of an export folder."""
-    import importlib
-
-    meta = read_bundle_meta(folder)
-    if meta.get("family") != "lm":
-        raise ExportError(f"'{folder}' holds an exported {meta.get('family')} model, not a language model")
-    fmt = meta.get("format")
-    if fmt not in RUNNABLE_BUNDLES:
-        raise ExportError(f"'{folder}' is a {fmt} export, which cannot run on this machine "
-                          f"(runnable here: {', '.join(RUNNABLE_BUNDLES)})")
-    runner = importlib.import_module(RUNNABLE_BUNDLES[fmt]).load_bundle_runner(Path(folder), meta)
-    return runner_lm(runner, Path(folder) / "tokenizer.json", meta.get("eos_token"), Path(folder))
-
-
-def runner_lm(runner, tokenizer_path: Path, eos_token: str | None, path: Path):
-    """A ``LanguageModel`` around an exported model's runner, so it samples with genlab's own code."""
-    from tokenizers import Tokenizer
-
-    from genlab.data import tokenizer as tokmod
-    from genlab.generate.text import LanguageModel
-
-    lm = LanguageModel(runner, Tokenizer.from_file(str(tokenizer_path)), path)
-    lm.eot = lm.tokenizer.token_to_id(eos_token or tokmod.EOT)
-    return lm
 
 
 @torch.no_grad()
@@ -238,7 +198,7 @@ def lm_parity_figures(reference, candidate, val_tokens=None, greedy_tokens: int 
     first difference) and, given validation tokens, both perplexities and the relative change."""
     import math
 
-    from genlab.evaluate.perplexity import token_nll
+    from genlab.train.lm import token_nll
 
     kw = dict(max_tokens=greedy_tokens, temperature=0.0, ignore_eot=True)
     reference.generate(prompt, **kw)
@@ -270,3 +230,23 @@ def validation_tokens(run: Path, max_tokens: int = 4096):
     tok = tokmod.load(Path(run) / runs.TOKENIZER)
     prepared = prep.prepare(DataConfig(**cfg["data"]["config"]), tok=tok, log=lambda m: None)
     return np.asarray(prepared.tokens("val")[:max_tokens], dtype=np.int64)
+
+
+def exported_lm(runner, run: Path, where: Path):
+    """A ``LanguageModel`` over an export's runner, with the source run's tokenizer and end-of-text
+    token: the export's figures are measured with genlab's own sampling and scoring."""
+    from genlab import runs
+    from genlab.data import tokenizer as tokmod
+    from genlab.generate.text import LanguageModel
+
+    tok = tokmod.load(run / runs.TOKENIZER)
+    return LanguageModel(runner, tok, where, tok.token_to_id(runs.read_config(run).get("eos_token") or tokmod.EOT))
+
+
+def lm_report(fmt: str, out: Path, files: list[Path], parity: Parity, run: Path, runner, where: Path,
+              log) -> ExportReport:
+    """The report of an LM export whose ``parity`` passed: the fuller figures (greedy agreement,
+    perplexity change) measured through ``runner``, logged and recorded."""
+    figures, line = export_figures(run, exported_lm(runner, run, where))
+    log(line)
+    return ExportReport(fmt, out, files, [parity], figures)

@@ -8,7 +8,7 @@
     tokenizer.json        LMs
     genlab-export.json    what the files are, the model config, and what was verified on export
 
-The LM is ``genlab.export.static.StaticKVLM``: a fixed-size KV cache passed in and returned, so
+The LM is ``genlab.runtimes.static.StaticKVLM``: a fixed-size KV cache passed in and returned, so
 both functions have static shapes (the Neural Engine compiles static shapes only):
 
     prefill  tokens (1, chunk) int32, input_pos (chunk,) int32, k_0, v_0, ... k_{L-1}, v_{L-1}
@@ -56,21 +56,24 @@ from torch import nn
 
 from genlab import runs
 from genlab.export.common import (
+    Exporter,
     ExportError,
+    ExportReport,
     Parity,
     logit_parity,
     probe_tokens,
-    read_bundle_meta,
     require,
-    staged_dir,
     write_bundle_meta,
 )
-from genlab.export.static import StaticKVLM, StaticRunner, cache_names, prefill_chunk
+from genlab.runtimes.base import read_bundle_meta
+from genlab.runtimes.coreml import LM_FUNCTIONS as FUNCTIONS
+from genlab.runtimes.coreml import CoreMLRunner, core_names
+from genlab.runtimes.pytorch import load_float_model
+from genlab.runtimes.static import StaticKVLM, prefill_chunk
 
 COMPRESS = ("palettize4", "palettize6", "int8")
 LM_PACKAGE = "model.mlpackage"
 GENERATOR_PACKAGE = "generator.mlpackage"
-FUNCTIONS = ("prefill", "decode")
 IMAGE_BATCH = 1
 # The constexpr op each compression leaves in the program, by the op set the target uses
 # (iOS 18 replaced constexpr_affine_dequantize with constexpr_blockwise_shift_scale).
@@ -81,6 +84,9 @@ FP16_RELATIVE_TOLERANCE = 0.02
 COMPRESSED_RELATIVE_TOLERANCE = 0.1
 PARITY_NOTE = ("parity: Core ML does not run on Linux; run the snippet in docs/export.md on macOS to compare "
                "(genlab.export.coreml.macos_parity)")
+NOT_CHECKED_OFF_MACOS = ("numeric parity against PyTorch: Core ML predicts only on macOS; checked here: the package's "
+                         "functions, input/output/state names, shapes and dtypes, op counts, compression ops and "
+                         "weight size (run macos_parity on a Mac for the numbers)")
 
 MACOS_SNIPPET = '''\
 # macOS only: Core ML predictions vs PyTorch for a genlab Core ML export.
@@ -97,11 +103,6 @@ feed = {i.name: np.zeros(tuple(i.type.multiArrayType.shape), np.float16) for i i
 feed.update(tokens=np.array([[42]], np.int32), input_pos=np.array([0], np.int32))
 out = decode.predict(feed)   # out["logits"] (1, 1, vocab); out["k_0_out"] ... feed the next step
 '''
-
-
-def core_names(n_layer: int) -> list[str]:
-    """The cache inputs' Core ML names (k_0, v_0, k_1, ...); outputs append "_out"."""
-    return [n.replace(".", "_") for n in cache_names(n_layer)]
 
 
 # Where conversion and compression draw progress bars (module, its name for tqdm).
@@ -306,8 +307,6 @@ class StatefulKVLM(nn.Module):
 
 
 def _export_lm(ct, run: Path, folder: Path, compress: str | None, stateful: bool, log) -> dict:
-    from genlab.optimize.quantize import load_float_model
-
     model, _ = load_float_model(run)
     cfg = model.cfg
     static = StaticKVLM(model).eval()
@@ -391,9 +390,10 @@ def _export_image(ct, run: Path, folder: Path, compress: str | None, log) -> dic
 
 
 def export_coreml(run: str | Path, out: str | Path, *, compress: str | None = None, stateful: bool = False,
-                  overwrite: bool = False, log=print) -> list[Parity]:
-    """Export ``run`` (an LM, GAN or VAE) to the Core ML folder ``out``. Returns no parity figures:
-    Core ML predicts on macOS only (see ``macos_parity``); what is checked here is the program."""
+                  overwrite: bool = False, log=print) -> ExportReport:
+    """Export ``run`` (an LM, GAN or VAE) to the Core ML folder ``out``. The report has no parity
+    figures off macOS (Core ML predicts on macOS only, see ``macos_parity``) and says so in
+    ``unchecked``; what is checked here is the program read back."""
     ct = import_coremltools()
     _compression(compress)  # an unknown value fails before anything is written
     run, out = Path(run), Path(out)
@@ -402,7 +402,7 @@ def export_coreml(run: str | Path, out: str | Path, *, compress: str | None = No
         raise ExportError(f"Core ML export supports lm, gan and vae runs, not {family}")
     if stateful and family != "lm":
         raise ExportError("--stateful applies to language models (their KV cache); image models have no state")
-    with staged_dir(out, overwrite) as folder:
+    with runs.staged_dir(out, overwrite, ExportError) as folder:
         if family == "lm":
             verified = _export_lm(ct, run, folder, compress, stateful, log)
             package = LM_PACKAGE
@@ -421,29 +421,18 @@ def export_coreml(run: str | Path, out: str | Path, *, compress: str | None = No
         if proxy:
             log(f"fp16 weight rounding in PyTorch (not Core ML): max |diff| {proxy['max_abs_diff']:.3g} "
                 f"(outputs up to {proxy['scale']:.3g})")
-    log(PARITY_NOTE)
-    return []
+        checks: list[Parity] = []
+        if sys.platform == "darwin":  # Core ML predicts here: measure the numbers before the folder is in place
+            checks = macos_parity(folder, run)
+            for p in checks:
+                log(p.line())
+                p.check()
+    if not checks:
+        log(PARITY_NOTE)
+    return ExportReport("coreml", out, [out / package], checks, unchecked=[] if checks else [NOT_CHECKED_OFF_MACOS])
 
 
 # ---- macOS: run the export and compare with PyTorch ----------------------------------------------
-
-class CoreMLRunner(StaticRunner):
-    """The exported LM through Core ML (macOS only): prefill and decode functions of model.mlpackage."""
-
-    def __init__(self, path: Path, cfg, chunk: int) -> None:
-        super().__init__(cfg, chunk)
-        ct = import_coremltools()
-        self.functions = {fn: ct.models.MLModel(str(path), function_name=fn, compute_units=ct.ComputeUnit.ALL)
-                          for fn in FUNCTIONS}
-        self.names = core_names(cfg.n_layer)
-
-    def run(self, which, tokens, input_pos, caches):
-        feed = {"tokens": tokens.astype(np.int32), "input_pos": input_pos.astype(np.int32)}
-        feed.update((n, c.astype(np.float16)) for n, c in zip(self.names, caches, strict=True))
-        out = self.functions[which].predict(feed)
-        return (np.asarray(out["logits"], np.float32),
-                [np.asarray(out[f"{n}_out"], np.float32) for n in self.names])
-
 
 def _stateful_parity(path: Path, model, ids: torch.Tensor, rel: float) -> Parity:
     """A stateful package: every token through "decode" with one Core ML state, vs one PyTorch pass."""
@@ -474,8 +463,6 @@ def macos_parity(folder: str | Path, run: str | Path | None = None, prompt: int 
     run = Path(run or meta["source_run"])
     rel = COMPRESSED_RELATIVE_TOLERANCE if meta.get("compress") else FP16_RELATIVE_TOLERANCE
     if meta["family"] == "lm":
-        from genlab.optimize.quantize import load_float_model
-
         model, _ = load_float_model(run)
         prompt = min(prompt, model.cfg.context - steps)
         ids = probe_tokens(model.cfg.vocab_size, prompt + steps, seed=1)
@@ -503,3 +490,15 @@ def macos_parity(folder: str | Path, run: str | Path | None = None, prompt: int 
     tolerance = LOW_PRECISION_PIXEL_TOLERANCE * (2 if meta.get("compress") else 1)
     return [image_parity(decoder(*example), got, f"Core ML vs PyTorch, {meta['batch']} image(s)", tolerance)]
 
+
+
+def _default_name(run: Path, opts) -> str:
+    return f"{run.name}-coreml{'-' + opts.compress if opts.compress else ''}"
+
+
+EXPORTER = Exporter(
+    name="coreml", summary="Core ML folder with an fp16 .mlpackage for Apple devices (structure checked on Linux; "
+                           "numeric parity needs macOS)",
+    families=("lm", "gan", "vae"), options=("compress", "stateful"), default_name=_default_name,
+    export=lambda run, out, opts, overwrite, log: export_coreml(run, out, compress=opts.compress,
+                                                                stateful=opts.stateful, overwrite=overwrite, log=log))

@@ -1,5 +1,4 @@
-"""ExecuTorch export (lowered to the XNNPACK CPU backend), and the runner behind ``genlab.load(FOLDER)``
-for such an export (run by ExecuTorch's own Python runtime).
+"""ExecuTorch export, lowered to the XNNPACK CPU backend (genlab.runtimes.executorch runs it).
 
 The export is a folder (written all at once, after the parity check):
 
@@ -37,65 +36,32 @@ ExecuTorch's portable kernels.
   for: z ~ N(0, 1), labels cycling through the classes).
 """
 
+
 from __future__ import annotations
 
 import copy
-import logging
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from genlab import runs
-from genlab.errors import RunError
-from genlab.export.common import (
-    ExportError,
-    Parity,
-    export_figures,
-    logit_parity,
-    require,
-    runner_lm,
-    staged_dir,
-    write_bundle_meta,
-)
-from genlab.export.static import EagerStaticRunner, StaticKVLM, StaticRunner, cache_names, prefill_chunk
-from genlab.models.transformer import LMConfig, Transformer
+from genlab.export.common import Exporter, ExportError, ExportReport, require
+from genlab.export.edge import export_static_image, export_static_lm
+from genlab.export.image import example_inputs
+from genlab.quiet import quiet
+from genlab.runtimes.executorch import IMAGE_METHOD, LM_METHODS, ExecutorchRunner, run_image_program
+from genlab.runtimes.static import StaticKVLM, cache_names
 
 LM_FILE = "model.pte"
 IMAGE_FILE = "generator.pte"
-METHODS = ("prefill", "decode")
-IMAGE_METHOD = "forward"
 IMAGE_BATCH = 4  # the image method's static batch: an app asks for several samples at once
 CALIBRATION_BATCHES = 8  # static int8 (images): batches of random latents that fix the activation scales
-
-# fp32 program vs the same static graph in fp32 PyTorch: XNNPACK sums in another order, nothing more.
-TOLERANCE = 1e-4
-# int8 is compared with the float graph, so the difference is the quantization error, bounded
-# relative to the size of the logits as for onnx --int8.
-INT8_RELATIVE_TOLERANCE = 0.05
+_LOGGERS = ("executorch", "torch.export", "torchao")  # lowering warns at length; not the user's concern
 
 
 def _require() -> None:
     require("executorch", "edge", "ExecuTorch export")
     require("executorch.runtime", "edge", "running an ExecuTorch program")
-
-
-@contextmanager
-def _quiet():
-    """Lowering warns at length (deprecations, ops it leaves to portable kernels): not the user's concern."""
-    loggers = [logging.getLogger(name) for name in ("executorch", "torch.export", "torchao")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
 
 
 # ---- building a program -------------------------------------------------------------------------
@@ -151,70 +117,10 @@ def _lower(programs: dict[str, torch.export.ExportedProgram], path: Path) -> Non
     path.write_bytes(program.buffer)
 
 
-def _load_program(path: Path):
-    from executorch.runtime import Runtime
-
-    try:
-        return Runtime.get().load_program(Path(path))
-    except Exception as e:  # the runtime raises RuntimeError/ValueError with long native messages
-        raise RunError(f"{path} is not a loadable ExecuTorch program ({str(e).splitlines()[0][:120]})") from None
-
-
-# ---- running an export ------------------------------------------------------------------------
-
-class ExecutorchRunner(StaticRunner):
-    """The LM program run by ExecuTorch's runtime: ``run`` calls its "prefill" or "decode" method."""
-
-    def __init__(self, path: str | Path, cfg: LMConfig, chunk: int) -> None:
-        super().__init__(cfg, chunk)
-        self.path = Path(path)
-        self.program = _load_program(self.path)
-        missing = [m for m in METHODS if m not in self.program.method_names]
-        if missing:
-            raise RunError(f"{self.path} lacks the method(s) {', '.join(missing)} of a genlab LM export")
-        # Load both now: the program caches them, and a bad program fails here rather than mid-generation.
-        self.methods = {name: self.program.load_method(name) for name in METHODS}
-
-    def run(self, which, tokens, input_pos, caches):
-        inputs = [torch.from_numpy(np.ascontiguousarray(tokens, np.int64)),
-                  torch.from_numpy(np.ascontiguousarray(input_pos, np.int64)),
-                  *(torch.from_numpy(c) for c in caches)]
-        # The runtime copies outputs out of its (shared) arenas on every call, so they are ours to keep.
-        logits, *new = self.methods[which].execute(inputs)
-        return logits.numpy(), [c.numpy() for c in new]
-
-
-def load_bundle_runner(folder: Path, meta: dict) -> ExecutorchRunner:
-    """The runner of an export folder (``genlab.load(FOLDER)`` builds its ``LanguageModel`` on it)."""
-    _require()
-    path = Path(folder) / meta["files"]["lm"]
-    if not path.is_file():
-        raise RunError(f"'{path}' is missing from the export folder")
-    return ExecutorchRunner(path, LMConfig.from_dict(meta["model"]), int(meta["chunk"]))
-
-
-def run_image_program(path: str | Path, *inputs: torch.Tensor) -> torch.Tensor:
-    """Images from a ``generator.pte``, for the inputs described in the module docstring."""
-    _require()
-    method = _load_program(Path(path)).load_method(IMAGE_METHOD)
-    return method.execute(list(inputs))[0]
-
-
-# ---- parity -----------------------------------------------------------------------------------
-
-def lm_parity(model: Transformer, runner: StaticRunner, int8: bool = False, steps: int = 8) -> Parity:
-    """The export against the same static graph in PyTorch: a prefill longer than one chunk (so a
-    padded chunk and a cache carried between prefill calls are covered), then decode steps."""
-    return logit_parity(EagerStaticRunner(model, runner.chunk), runner, model.cfg.vocab_size, model.cfg.context,
-                        f"ExecuTorch{' int8' if int8 else ''}", runner.chunk + runner.chunk // 4, steps, TOLERANCE,
-                        INT8_RELATIVE_TOLERANCE if int8 else None, detail=f" (chunks of {runner.chunk})")
-
-
 # ---- export -----------------------------------------------------------------------------------
 
-@torch.no_grad()
 def export_executorch(run: str | Path, out: str | Path, *, int8: bool = False, overwrite: bool = False,
-                      log=print) -> list[Parity]:
+                      log=print) -> ExportReport:
     """Export an LM, GAN or VAE run to the ExecuTorch folder ``out`` (layout in the module docstring).
 
     ``int8``: PT2E int8 for XNNPACK, dynamic (linear layers) for LMs, static with calibration on
@@ -223,72 +129,42 @@ def export_executorch(run: str | Path, out: str | Path, *, int8: bool = False, o
     _require()
     run, out = Path(run), Path(out)
     family = runs.read_config(run).get("family")
+    label, precision = f"ExecuTorch{' int8' if int8 else ''}", "int8" if int8 else "fp32"
     if family == "lm":
-        return _export_lm(run, out, int8, overwrite, log)
-    if family in ("gan", "vae"):
-        return _export_image(run, out, family, int8, overwrite, log)
-    raise ExportError(f"ExecuTorch export supports LM, GAN and VAE runs; '{run}' is a {family} run")
+        def build_lm(folder: Path, model, chunk: int) -> ExecutorchRunner:
+            static = StaticKVLM(model).eval()
+            log(f"exporting prefill ({chunk} tokens) and decode (1 token)"
+                f"{' with dynamic int8 linears' if int8 else ''}, lowering to XNNPACK")
+            with quiet(*_LOGGERS):
+                programs = {name: _capture(static, static.example_inputs(n), "dynamic" if int8 else None)
+                            for name, n in zip(LM_METHODS, (chunk, 1), strict=True)}
+                _lower(programs, folder / LM_FILE)
+            return ExecutorchRunner(folder / LM_FILE, model.cfg, chunk)
 
+        return export_static_lm("executorch", run, out, file=LM_FILE, label=label, precision=precision, int8=int8,
+                                build=build_lm, cache_io=cache_names, overwrite=overwrite, log=log,
+                                methods=list(LM_METHODS))
+    if family not in ("gan", "vae"):
+        raise ExportError(f"ExecuTorch export supports LM, GAN and VAE runs; '{run}' is a {family} run")
 
-def _export_lm(run: Path, out: Path, int8: bool, overwrite: bool, log) -> list[Parity]:
-    from genlab.optimize.quantize import load_float_model
-
-    model, cfg = load_float_model(run)
-    chunk = prefill_chunk(model.cfg.context)
-    static = StaticKVLM(model).eval()
-    with staged_dir(out, overwrite) as folder:
-        log(f"exporting prefill ({chunk} tokens) and decode (1 token){' with dynamic int8 linears' if int8 else ''}, "
-            f"lowering to XNNPACK")
-        with _quiet():
-            programs = {name: _capture(static, static.example_inputs(n), "dynamic" if int8 else None)
-                        for name, n in zip(METHODS, (chunk, 1), strict=True)}
-            _lower(programs, folder / LM_FILE)
-        runner = ExecutorchRunner(folder / LM_FILE, model.cfg, chunk)
-        parity = lm_parity(model, runner, int8=int8)
-        log(parity.line())
-        parity.check()
-
-        # The fuller figures, through the same sampling code as every genlab LM.
-        figures, line = export_figures(run, runner_lm(runner, run / runs.TOKENIZER, cfg.get("eos_token"), folder))
-        log(line)
-
-        names = cache_names(model.cfg.n_layer)
-        write_bundle_meta(folder, "executorch", run, {"lm": LM_FILE}, [parity], chunk=chunk,
-                          precision="int8" if int8 else "fp32", methods=list(METHODS),
-                          inputs=["tokens", "input_pos", *names], outputs=["logits", *names], figures=figures)
-    log(f"wrote {out}: {LM_FILE} {(out / LM_FILE).stat().st_size:,} bytes")
-    return [parity]
-
-
-
-def _export_image(run: Path, out: Path, family: str, int8: bool, overwrite: bool, log) -> list[Parity]:
-    from genlab.export.image import (
-        LOW_PRECISION_PIXEL_TOLERANCE,
-        PIXEL_TOLERANCE,
-        example_inputs,
-        image_meta,
-        image_parity,
-        load_image_decoder,
-    )
-
-    gen, decoder = load_image_decoder(run)
-    inputs = example_inputs(decoder, IMAGE_BATCH)
-    # Calibration draws other latents than the parity check's (seed 0), so parity is measured on unseen inputs.
-    calibration = [example_inputs(decoder, IMAGE_BATCH, seed=s) for s in range(1, 1 + CALIBRATION_BATCHES)]
-    with staged_dir(out, overwrite) as folder:
-        log(f"exporting the {'generator' if family == 'gan' else 'decoder'} of the {family.upper()} run (batch {IMAGE_BATCH})"
-            f"{' with static int8' if int8 else ''}, lowering to XNNPACK")
-        with _quiet():
+    def build_image(folder: Path, decoder, inputs: tuple) -> torch.Tensor:
+        # Calibration draws other latents than the parity check's (seed 0), so parity is measured on unseen inputs.
+        calibration = [example_inputs(decoder, IMAGE_BATCH, seed=s) for s in range(1, 1 + CALIBRATION_BATCHES)]
+        log(f"exporting the {'generator' if family == 'gan' else 'decoder'} of the {family.upper()} run "
+            f"(batch {IMAGE_BATCH}){' with static int8' if int8 else ''}, lowering to XNNPACK")
+        with quiet(*_LOGGERS):
             program = _capture(_affine_batch_norms(decoder), inputs, "static" if int8 else None, calibration)
             _lower({IMAGE_METHOD: program}, folder / IMAGE_FILE)
-        got = run_image_program(folder / IMAGE_FILE, *inputs)
-        what = f"ExecuTorch{' int8' if int8 else ''} vs PyTorch, {IMAGE_BATCH} images"
-        parity = image_parity(decoder(*inputs), got, what, LOW_PRECISION_PIXEL_TOLERANCE if int8 else PIXEL_TOLERANCE)
-        log(parity.line())
-        parity.check()
-        inputs_meta = ["z", "labels"] if decoder.conditional else ["z"]
-        write_bundle_meta(folder, "executorch", run, {"generator": IMAGE_FILE}, [parity], batch=IMAGE_BATCH,
-                          precision="int8" if int8 else "fp32", methods=[IMAGE_METHOD], inputs=inputs_meta,
-                          outputs=["images"], **image_meta(gen))
-    log(f"wrote {out}: {IMAGE_FILE} {(out / IMAGE_FILE).stat().st_size:,} bytes")
-    return [parity]
+        return run_image_program(folder / IMAGE_FILE, *inputs)
+
+    return export_static_image("executorch", run, out, file=IMAGE_FILE, label=label, precision=precision, int8=int8,
+                               batch=IMAGE_BATCH, build=build_image, overwrite=overwrite, log=log,
+                               methods=[IMAGE_METHOD])
+
+
+EXPORTER = Exporter(
+    name="executorch", summary="folder with one .pte lowered to XNNPACK (LM prefill/decode, or image generator)",
+    families=("lm", "gan", "vae"), options=("int8",),
+    default_name=lambda run, opts: f"{run.name}-executorch{'-int8' if opts.int8 else ''}",
+    export=lambda run, out, opts, overwrite, log: export_executorch(run, out, int8=opts.int8, overwrite=overwrite,
+                                                                    log=log))

@@ -30,9 +30,9 @@ import torch
 import genlab
 from genlab import runs
 from genlab.data import tokenizer as tokmod
-from genlab.export.common import ExportError, Parity, probe_tokens, staged_file
+from genlab.export.common import Exporter, ExportError, ExportReport, Parity, probe_tokens
 from genlab.models.transformer import LMConfig, Transformer
-from genlab.optimize.quantize import load_float_model
+from genlab.runtimes.pytorch import load_float_model
 
 TYPES = ("f16", "q8_0")
 # Relative to the largest |logit| of the probe. The reader check computes in fp32 from the file's
@@ -217,20 +217,28 @@ def gguf_parity(model: Transformer, path: Path, qtype: str) -> list[Parity]:
 
 
 def export_gguf(run: str | Path, out: str | Path, qtype: str = "f16", overwrite: bool = False,
-                log=print) -> list[Parity]:
+                log=print) -> ExportReport:
     if qtype not in TYPES:
         raise ExportError(f"unknown GGUF type '{qtype}'; choose one of: {', '.join(TYPES)}")
     run, out = Path(run), Path(out)
     if out.suffix != ".gguf":
         raise ExportError(f"--out for gguf must end in .gguf (got '{out}')")
     model, _ = load_float_model(run)
-    with staged_file(out, overwrite) as tmp:
+    with runs.staged_file(out, overwrite, ExportError) as tmp:
         _write(model, run / runs.TOKENIZER, tmp, qtype, name=run.name)
         checks = gguf_parity(model, tmp, qtype)
         for c in checks:
             log(c.line())
+        unchecked = []
         if len(checks) == 1:
             log("parity: llama.cpp not run (pip install llama-cpp-python to check the file with llama.cpp)")
+            unchecked.append("llama.cpp's own logits: llama-cpp-python is not installed (make gguf-check)")
         for c in checks:
             c.check()
-    return checks
+    return ExportReport("gguf", out, [out], checks, unchecked=unchecked)
+
+
+EXPORTER = Exporter(
+    name="gguf", summary="one .gguf file for llama.cpp (LM; --type f16 or q8_0)", families=("lm",),
+    options=("gguf_type",), default_name=lambda run, opts: f"{run.name}-{opts.gguf_type}.gguf",
+    export=lambda run, out, opts, overwrite, log: export_gguf(run, out, opts.gguf_type, overwrite, log))

@@ -23,9 +23,9 @@ from genlab import runs
 from genlab.config import write_json
 from genlab.data import tokenizer as tokmod
 from genlab.errors import ConfigError, RunError
-from genlab.export.common import Parity, probe_tokens, staged_dir
+from genlab.export.common import Exporter, ExportError, ExportReport, Parity, probe_tokens
 from genlab.models.transformer import LMConfig, Transformer
-from genlab.optimize.quantize import load_float_model
+from genlab.runtimes.pytorch import load_float_model
 
 TOLERANCE = 1e-4  # fp32 both sides: only summation order differs
 IMPORT_TOLERANCE = 1e-3  # imported weights may be bf16/fp16, upcast identically on both sides
@@ -112,7 +112,7 @@ def write_tokenizer_files(tok_path: Path, out: Path, context: int) -> None:
 
 
 @torch.no_grad()
-def export_hf(run: str | Path, out: str | Path, overwrite: bool = False, log=print) -> Parity:
+def export_hf(run: str | Path, out: str | Path, overwrite: bool = False, log=print) -> ExportReport:
     """Write ``out``/ with model.safetensors, config.json and tokenizer files; check parity."""
     run, out = Path(run), Path(out)
     model, _ = load_float_model(run)
@@ -125,7 +125,7 @@ def export_hf(run: str | Path, out: str | Path, overwrite: bool = False, log=pri
         if hf_name is None:
             raise RunError(f"unexpected tensor '{name}' in {run}; cannot map it to Llama")
         tensors[hf_name] = t.float().contiguous()
-    with staged_dir(out, overwrite) as tmp:
+    with runs.staged_dir(out, overwrite, ExportError) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config(cfg, eot, eot))
         write_json(tmp / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
@@ -133,20 +133,28 @@ def export_hf(run: str | Path, out: str | Path, overwrite: bool = False, log=pri
         parity = _check_export(model, tmp)
         log(parity.line())
         parity.check()
-    return parity
+    return ExportReport("hf", out, sorted(out.iterdir()), [parity])
+
+
+EXPORTER = Exporter(
+    name="hf", summary="Hugging Face folder (Llama config, safetensors, tokenizer) for transformers", families=("lm",),
+    options=(), default_name=lambda run, opts: f"{run.name}-hf",
+    export=lambda run, out, opts, overwrite, log: export_hf(run, out, overwrite, log))
 
 
 def _check_export(model: Transformer, folder: Path) -> Parity:
     ids = probe_tokens(model.cfg.vocab_size, min(32, model.cfg.context))
     ref = model(ids)
     try:
-        from transformers import AutoModelForCausalLM
+        import transformers  # noqa: F401
     except ImportError:
         back, _ = read_hf_model(folder)
         got, what = back(ids), "re-imported folder vs PyTorch (transformers not installed)"
     else:
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-        got, what = hf(ids).logits, f"transformers {type(hf).__name__} vs genlab, {ids.shape[1]} tokens"
+        from genlab.runtimes.hf import TransformersRunner
+
+        runner = TransformersRunner(folder, device="cpu")
+        got, what = runner(ids), f"transformers {type(runner.hf).__name__} vs genlab, {ids.shape[1]} tokens"
     diff = (got.float() - ref.float()).abs().max().item()
     return Parity(what, diff, TOLERANCE, ref.abs().max().item())
 
@@ -264,7 +272,7 @@ def import_hf(src: str | Path, out: str | Path, context: int | None = None, over
     eos_id = hf.get("eos_token_id")
     eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
     eos = tok.id_to_token(eos_id) if isinstance(eos_id, int) else None
-    with staged_dir(out, overwrite) as tmp:
+    with runs.staged_dir(out, overwrite, ExportError) as tmp:
         write_json(tmp / runs.CONFIG, {
             "family": "lm",
             "genlab_version": genlab.__version__,

@@ -8,18 +8,17 @@ context, the window shifts: the newest half is kept and re-read, then generation
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
 
-from genlab import runs
 from genlab.data import tokenizer as tokmod
-from genlab.device import pick_device
-from genlab.errors import ConfigError, RunError
-from genlab.models.transformer import LMConfig, Transformer
+from genlab.errors import ConfigError
+from genlab.models.transformer import LMConfig
+from genlab.runtimes.base import Opened, Runner, TextTokenizer
+from genlab.runtimes.registry import open_lm
 
 
 @dataclass
@@ -80,29 +79,100 @@ def next_token(logits: torch.Tensor, opts: SamplingOptions, history: torch.Tenso
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters might still grow into a stop string (or are a partial UTF-8
-    character), and so must not be streamed yet."""
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    if text.endswith("\ufffd"):
-        hold = max(hold, 1)
-    return hold
+def clean_text(text: str) -> str:
+    """Text any tokenizer accepts. A shell can pass bytes that are not UTF-8 (Python keeps them as
+    lone surrogates, which tokenizers refuse); they become U+FFFD, the replacement character."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:  # bytes from argv: back to the original bytes, then one U+FFFD per invalid byte
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # other lone surrogates (e.g. from JSON escapes)
+            return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+class Detokenizer:
+    """Sampled token ids -> text pieces that are safe to stream, for every text path (the CLI, the
+    batched server, the studio): a piece is sent only once it can no longer turn into a stop string
+    or complete a partial UTF-8 character; text from the first stop string on is never sent.
+
+    ``add(token)`` returns the new safe text ("" if none) and sets ``stopped`` when a stop string
+    appeared; ``finish()`` returns what was held back when generation ends for another reason."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stops: tuple[str, ...] = ()) -> None:
+        self.decode = decode
+        self.stops = tuple(s for s in stops if s)
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the decoded text already returned
+        self.stopped = False
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        hit = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if hit >= 0:
+            self.stopped = True
+            return self._upto(text, hit)
+        return self._upto(text, len(text) - self._held_back(text))
+
+    def finish(self) -> str:
+        return "" if self.stopped else self._upto(self.decode(self.ids), None)
+
+    def _upto(self, text: str, end: int | None) -> str:
+        end = len(text) if end is None else end
+        if end <= self.sent:
+            return ""
+        piece, self.sent = text[self.sent:end], end
+        return piece
+
+    def _held_back(self, text: str) -> int:
+        """Trailing characters that might still grow into a stop string, or a partial UTF-8 character."""
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        if text.endswith("\ufffd"):
+            hold = max(hold, 1)
+        return hold
+
+
+def start_generation(ids: list[int], context: int, eot: int | None, opts: SamplingOptions
+                     ) -> tuple[list[int], GenerationInfo, torch.Generator]:
+    """The prompt as the model will see it (never empty; its last ``context - 1`` tokens), the
+    request's info and its seeded generator: the same for one stream and for a batched server."""
+    ids = ids or [eot if eot is not None else 0]
+    info = GenerationInfo(prompt_tokens=len(ids))
+    if len(ids) > context - 1:
+        info.truncated = len(ids) - (context - 1)
+        ids = ids[-(context - 1):]
+    gen = torch.Generator(device="cpu")
+    if opts.seed is not None:
+        gen.manual_seed(opts.seed)
+    else:
+        gen.seed()
+    return ids, info, gen
 
 
 class LanguageModel:
-    """A loaded LM and its tokenizer: ``generate`` returns text, ``stream`` yields pieces of it."""
+    """A runner (any runtime, see genlab.runtimes) and its tokenizer: ``generate`` returns text,
+    ``stream`` yields pieces of it, sampled by genlab's own code whatever runs the model."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, run: Path | None = None) -> None:
-        self.model = model.eval()
+    def __init__(self, model: Runner, tokenizer: TextTokenizer, run: Path | None = None, eot: int | None = None,
+                 runtime: str = "pytorch", precision: str = "fp32", meta: dict | None = None) -> None:
+        self.model = model
         self.tokenizer = tokenizer
         self.run = run
-        self.eot = tokenizer.token_to_id(tokmod.EOT)
+        self.eot = tokenizer.token_to_id(tokmod.EOT) if eot is None else eot
+        self.runtime, self.precision, self.meta = runtime, precision, meta or {}
         self.info = GenerationInfo()
+
+    @classmethod
+    def from_opened(cls, opened: Opened) -> LanguageModel:
+        return cls(opened.runner, opened.tokenizer, opened.path, opened.eot, opened.runtime, opened.precision,
+                   opened.meta)
 
     @property
     def config(self) -> LMConfig:
@@ -110,12 +180,10 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        # Not the embedding: a quantized one has no float matrix to ask, and an ONNX-backed model
-        # (genlab.export.onnx) reports its own device.
-        return getattr(self.model, "device", None) or self.model.norm.weight.device
+        return self.model.device
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        return self.tokenizer.encode(clean_text(text)).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -129,45 +197,32 @@ class LanguageModel:
         opts.stop = tuple(opts.stop or ())
         opts.validate()
         ctx = self.config.context
-        ids = self.encode(prompt)
-        if not ids:
-            ids = [self.eot] if self.eot is not None else [0]
-        info = GenerationInfo(prompt_tokens=len(ids))
-        if len(ids) > ctx - 1:
-            info.truncated = len(ids) - (ctx - 1)
-            ids = ids[-(ctx - 1):]
+        ids, info, gen = start_generation(self.encode(prompt), ctx, self.eot, opts)
         self.info = info
-        gen = torch.Generator(device="cpu")
-        if opts.seed is not None:
-            gen.manual_seed(opts.seed)
-        else:
-            gen.seed()
+        detok = Detokenizer(self.decode, opts.stop)
+        info.completion_ids = detok.ids
+
+        def forward(tokens: torch.Tensor, cache, start: int) -> torch.Tensor:
+            return (self.model(tokens, cache, start) if use_cache else self.model(tokens))[0, -1]
 
         tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
         cache = self.model.new_cache(1) if use_cache else None
-        logits = self.model(tokens, cache, 0)[0, -1] if use_cache else self.model(tokens)[0, -1]
-        out: list[int] = []
-        emitted = 0
-        for _ in range(opts.max_tokens):
-            history = tokens[0, -ctx:] if opts.repetition_penalty != 1.0 else None
-            tok = next_token(logits.cpu(), opts, history.cpu() if history is not None else None, gen)
+        logits = forward(tokens, cache, 0)
+        for n in range(1, opts.max_tokens + 1):
+            history = tokens[0, -ctx:].cpu() if opts.repetition_penalty != 1.0 else None
+            tok = next_token(logits.cpu(), opts, history, gen)
             if tok == self.eot and not opts.ignore_eot:
                 info.finish_reason = "stop"
                 break
-            out.append(tok)
-            info.completion_tokens = len(out)
-            info.completion_ids = out
-            text = self.decode(out)
-            hit = min((i for i in (text.find(s) for s in opts.stop) if i >= 0), default=-1)
-            if hit >= 0:
+            piece = detok.add(tok)
+            info.completion_tokens = len(detok.ids)
+            if piece:
+                yield piece
+            if detok.stopped:
                 info.finish_reason = "stop"
-                if hit > emitted:
-                    yield text[emitted:hit]
                 return
-            safe = len(text) - _held_back(text, opts.stop)
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
+            if n == opts.max_tokens:  # the last token: no forward pass for one that is never sampled
+                break
             step = torch.tensor([[tok]], dtype=torch.long, device=self.device)
             tokens = torch.cat([tokens, step], dim=1)
             if tokens.shape[1] > ctx:
@@ -175,57 +230,15 @@ class LanguageModel:
                 # the same way, so cached and recomputed generation see the same tokens.
                 tokens = tokens[:, -(ctx // 2):]
                 cache = self.model.new_cache(1) if use_cache else None
-                logits = self.model(tokens, cache, 0)[0, -1] if use_cache else self.model(tokens)[0, -1]
-            elif use_cache:
-                logits = self.model(step, cache, tokens.shape[1] - 1)[0, -1]
+                logits = forward(tokens, cache, 0)
             else:
-                logits = self.model(tokens)[0, -1]
-        text = self.decode(out)
-        if len(text) > emitted:
-            yield text[emitted:]
+                logits = forward(step if use_cache else tokens, cache, tokens.shape[1] - 1)
+        piece = detok.finish()
+        if piece:
+            yield piece
 
 
-def _is_hf_folder(path: Path) -> bool:
-    """A transformers checkpoint: its config.json has a model_type and no genlab family."""
-    import json
-
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and "model_type" in cfg and "family" not in cfg
-
-
-def load_lm(run: str | Path, device: str = "auto") -> LanguageModel:
-    run = Path(run)
-    if run.suffix == ".onnx":  # an exported model, run by onnxruntime
-        from genlab.export.onnx import load_onnx_lm
-
-        return load_onnx_lm(run)
-    if (run / "genlab-export.json").is_file():  # an ExecuTorch / LiteRT export folder
-        from genlab.export.common import load_bundle_lm
-
-        return load_bundle_lm(run)
-    if run.suffix == ".gguf":
-        raise RunError(f"'{run}' is a GGUF file: run it with llama.cpp (e.g. llama-cli -m {run}); genlab generates "
-                       f"from runs, .onnx files and executorch/tflite export folders")
-    if _is_hf_folder(run):
-        raise RunError(f"'{run}' is a Hugging Face model folder: bring it in with `genlab import hf {run} --out RUN`")
-    cfg = runs.read_config(run, family="lm")
-    model = Transformer(LMConfig.from_dict(cfg["model"]))
-    quant = cfg.get("quantization")
-    if quant:  # integer weights + scales (genlab quantize): give the model their shapes first
-        from genlab.optimize.quantize import finish_load, prepare_for_load
-
-        prepare_for_load(model, quant)
-    runs.load_weights(run, model)
-    if quant and quant.get("method") == "dynamic-int8" and device == "auto":
-        device = "cpu"  # PyTorch's dynamic int8 kernels are CPU kernels
-    model = model.to(pick_device(device))
-    if quant:
-        finish_load(model, quant)
-    tok = tokmod.load(run / runs.TOKENIZER)
-    lm = LanguageModel(model, tok, run)
-    if cfg.get("eos_token"):  # imported checkpoints may end documents with another token
-        lm.eot = tok.token_to_id(cfg["eos_token"])
-    return lm
+def load_lm(path: str | Path, device: str = "auto") -> LanguageModel:
+    """Any language-model artifact genlab reads (run, quantized run, .onnx, export folder, GGUF,
+    Hugging Face folder), opened by its runtime (genlab.runtimes.registry)."""
+    return LanguageModel.from_opened(open_lm(path, device))

@@ -86,7 +86,28 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-class KVCache:
+class Cache:
+    """What attention asks of a key/value cache. ``update`` stores this step's keys and values and
+    returns everything a query may attend to. A cache also decides where its rows are: by default
+    every row continues at ``start`` and attends causally to what is cached; a cache whose rows sit
+    at different positions (batched decoding, genlab.studio.batching) returns each row's positions
+    and an attention mask instead, so the model itself needs no batching code."""
+
+    length = 0  # positions filled so far (the model records it after each call)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def positions(self, start: int, T: int) -> torch.Tensor | None:
+        """(batch, T) rotary positions per row, or None for ``start .. start + T - 1`` in every row."""
+        return None
+
+    def attn_mask(self, start: int, T: int) -> torch.Tensor | None:
+        """A boolean mask broadcastable to (batch, heads, T, cached length), or None for causal."""
+        return None
+
+
+class KVCache(Cache):
     """Pre-allocated keys and values for every layer: (batch, n_kv_head, max_len, head_dim)."""
 
     def __init__(self, cfg: LMConfig, batch: int, max_len: int, device, dtype) -> None:
@@ -129,7 +150,7 @@ class Attention(nn.Module):
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         S = k.shape[2]
-        if attn_mask is not None:  # the caller knows better (batched decoding with per-row lengths)
+        if attn_mask is not None:  # the cache or caller knows better (rows of different lengths, static caches)
             mask, causal = attn_mask, False
         elif T == 1:
             mask, causal = None, False  # one new token sees every cached position
@@ -204,16 +225,20 @@ class Transformer(nn.Module):
             n -= self.embed.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, start: int = 0,
-                positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for every position of ``idx`` (batch, time). With a cache, ``idx`` continues
-        the sequence at position ``start`` and its keys/values are appended to the cache.
+    batching = True  # rows at different positions can share a forward pass (through their cache)
 
-        Batched decoding of sequences of different lengths passes ``positions`` (batch, time), each
-        row's own positions for the rotary embedding, and a boolean ``attn_mask`` broadcastable to
-        (batch, heads, time, cached length) saying which cached positions each row may attend to;
-        the cache then places each row's keys itself (see genlab.studio.batching.SlotCache)."""
+    @property
+    def device(self) -> torch.device:
+        # The norm, not the embedding: a quantized model's embedding has no float matrix to ask.
+        return self.norm.weight.device
+
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None, start: int = 0) -> torch.Tensor:
+        """Logits for every position of ``idx`` (batch, time). With a cache, ``idx`` continues
+        the sequence at position ``start`` and its keys/values go into the cache; the cache may
+        place rows at positions of their own (``Cache.positions`` / ``Cache.attn_mask``)."""
         T = idx.shape[1]
+        positions = cache.positions(start, T) if cache is not None else None
+        attn_mask = cache.attn_mask(start, T) if cache is not None else None
         if positions is not None:
             if int(positions.max()) >= self.cfg.context:
                 raise ValueError(f"position {int(positions.max())} exceeds the context of {self.cfg.context}")

@@ -28,7 +28,7 @@ from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
 from genlab.errors import ConfigError, RunError
 from genlab.models.transformer import LMConfig, Transformer
-from genlab.optimize.quantize import load_float_model
+from genlab.runtimes.pytorch import load_float_model
 from genlab.train.lm import LMTask, build_model
 from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 

@@ -1,5 +1,5 @@
 """The LM with a fixed-size KV cache, for runtimes that want static shapes (ExecuTorch, LiteRT,
-Core ML), and the runner that drives such a model from ``genlab.generate.text.LanguageModel``.
+Core ML), and the runner that drives such a model behind the ``Runner`` call (genlab.runtimes.base).
 
 Two entry points with static shapes serve any prompt:
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genlab.models.transformer import LMConfig, Transformer
+from genlab.models.transformer import Cache, LMConfig, Transformer
 
 MASKED = -1e4  # additive mask value: exp(-1e4) is 0 in fp32 and fp16 alike, and it does not overflow fp16
 
@@ -28,7 +28,7 @@ def cache_names(n_layer: int) -> list[str]:
     return [f"{kv}.{i}" for i in range(n_layer) for kv in "kv"]
 
 
-class _OneHotCache:
+class _OneHotCache(Cache):
     """Stands in for KVCache inside the model's attention: returns the full fixed-size caches with
     this step's keys/values written at ``input_pos``, and keeps them as outputs."""
 
@@ -92,8 +92,8 @@ class StaticCache:
 
 
 class StaticRunner:
-    """Drives a static-shape LM (prefill chunks + one-token decode) behind the interface
-    ``LanguageModel`` expects of a model: ``model(idx, cache, start) -> logits`` and ``new_cache``.
+    """Drives a static-shape LM (prefill chunks + one-token decode) behind the ``Runner`` call:
+    ``runner(idx, cache, start) -> logits`` and ``new_cache``.
 
     Subclasses implement ``run(which, tokens, input_pos, caches) -> (logits, caches)`` for their
     runtime, with ``which`` "prefill" or "decode"; everything here is numpy."""
@@ -106,12 +106,10 @@ class StaticRunner:
             caches: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         raise NotImplementedError
 
-    device = torch.device("cpu")  # for LanguageModel: these runtimes run on the CPU
+    device = torch.device("cpu")  # these runtimes run on the CPU
+    batching = False  # one sequence per call (batch 1 is baked into the graphs)
 
-    def eval(self):
-        return self
-
-    def new_cache(self, batch: int = 1, max_len: int | None = None, dtype=None) -> StaticCache:
+    def new_cache(self, batch: int = 1) -> StaticCache:
         if batch != 1:
             raise ValueError("static exports run one sequence at a time (batch 1)")
         return StaticCache(self.cfg)

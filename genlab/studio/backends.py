@@ -1,18 +1,18 @@
-"""Text back ends for the studio, one interface for three sources:
+"""Text back ends for the studio, one interface for two sources:
 
-- a genlab LM run (the default), directly or through a server's batching scheduler;
-- a local Hugging Face model folder, loaded with transformers;
+- any language model genlab opens (genlab.runtimes: a run, a quantized run, an export, a GGUF file,
+  a Hugging Face folder), directly or through a server's batching scheduler;
 - any OpenAI-compatible server (llama.cpp's server, Ollama, vLLM, genlab's own) through the
   official ``openai`` client.
 
-``chat`` says whether the back end follows instructions (chat models) or continues text (base
-models); the pipeline words its request accordingly. ``describe()`` is what a manifest records.
+``chat`` says whether the back end follows instructions (models with a chat template, servers) or
+continues text (base models); the pipeline words its request accordingly. ``describe()`` is what a
+manifest records.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +20,9 @@ from typing import Protocol
 
 from genlab import runs
 from genlab.errors import ConfigError, GenlabError, RunError
+from genlab.generate.chat import render_chat
 from genlab.generate.speech import file_sha256
-from genlab.generate.text import LanguageModel, SamplingOptions, _held_back, next_token
+from genlab.generate.text import LanguageModel, SamplingOptions, load_lm
 
 
 class BackendError(GenlabError):
@@ -55,95 +56,39 @@ def run_record(run: Path, role: str) -> dict:
 
 
 class GenlabTextBackend:
-    chat = False  # base models continue text
+    """A language model genlab runs itself; instruct models get their prompt through their chat template."""
 
     def __init__(self, lm: LanguageModel, scheduler=None) -> None:
         self.lm = lm
         self.scheduler = scheduler  # a BatchScheduler: share forward passes with the API's requests
+        self.template = lm.meta.get("chat_template")
+        self.chat = bool(self.template)
+
+    def prompt(self, prompt: str, system: str | None = None) -> str:
+        if not self.chat:
+            return prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return render_chat(self.template, messages)
 
     def stream(self, prompt: str, opts: SamplingOptions, system: str | None = None) -> Iterator[str]:
+        prompt = self.prompt(prompt, system)
         if self.scheduler is not None:
             return self.scheduler.stream(prompt, opts)
         return self.lm.stream(prompt, **vars(opts))
 
     def describe(self) -> dict:
-        if self.lm.run is None:
+        path = self.lm.run
+        if path is None:
             return {"role": "text", "kind": "genlab-model"}
-        return run_record(self.lm.run, "text")
-
-
-def _ids(value: int | list[int] | None) -> list[int]:
-    return [] if value is None else [value] if isinstance(value, int) else list(value)
-
-
-class HFTextBackend:
-    """A causal LM folder saved by transformers (config.json with a model_type, weights, tokenizer)."""
-
-    def __init__(self, folder: Path, device: str = "cpu") -> None:
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError:
-            raise BackendError("a Hugging Face model folder needs transformers (pip install transformers)") from None
-        self.folder = Path(folder)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-            self.model = AutoModelForCausalLM.from_pretrained(self.folder, local_files_only=True).to(device).eval()
-        except (OSError, ValueError) as e:
-            raise BackendError(f"cannot load the Hugging Face model in '{self.folder}': {e}") from None
-        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
-        # The key/value cache argument: `cache` in transformers 5, `past_key_values` before.
-        self._cache = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-
-    def stream(self, prompt: str, opts: SamplingOptions, system: str | None = None) -> Iterator[str]:
-        if self.chat:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}]
-            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        yield from self._decode(self.tokenizer(prompt).input_ids, opts)
-
-    def _decode(self, prompt_ids: list[int], opts: SamplingOptions) -> Iterator[str]:
-        """Token by token with the model's key/value cache, sampled as genlab's own LMs are
-        (``next_token``, a seeded generator of its own); each new piece of text is yielded as soon
-        as it cannot turn into a stop string or a partial UTF-8 character."""
-        import torch
-
-        eos = {self.tokenizer.eos_token_id, *_ids(self.model.generation_config.eos_token_id)} - {None}
-        gen = torch.Generator(device="cpu")
-        if opts.seed is not None:
-            gen.manual_seed(opts.seed)
-        else:
-            gen.seed()
-        ids, new = list(prompt_ids) or [next(iter(eos), 0)], []
-        inputs, past, sent = torch.tensor([ids], device=self.model.device), None, ""
-        for _ in range(opts.max_tokens):
-            with torch.no_grad():
-                out = self.model(input_ids=inputs, use_cache=True, **{self._cache: past})
-            past = getattr(out, self._cache)
-            history = torch.tensor(ids + new) if opts.repetition_penalty != 1.0 else None
-            tok = next_token(out.logits[0, -1].cpu(), opts, history, gen)
-            if tok in eos and not opts.ignore_eot:
-                break
-            new.append(tok)
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            cut = min((i for i in (text.find(s) for s in opts.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                if cut > len(sent):
-                    yield text[len(sent):cut]
-                return
-            end = len(text) - _held_back(text, opts.stop)
-            if end > len(sent) and text.startswith(sent):
-                yield text[len(sent):end]
-                sent = text[:end]
-            inputs = torch.tensor([[tok]], device=self.model.device)
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        if len(text) > len(sent) and text.startswith(sent):
-            yield text[len(sent):]
-
-    def describe(self) -> dict:
-        weights = sorted(self.folder.glob("*.safetensors"))
-        return {"role": "text", "kind": "huggingface", "run": self.folder.name, "path": str(self.folder.resolve()),
-                "config_sha256": config_fingerprint(self.folder / "config.json"),
-                "weights_sha256": {w.name: file_sha256(w) for w in weights}}
+        if self.lm.runtime == "pytorch":
+            return run_record(path, "text")
+        if self.lm.runtime == "transformers":
+            weights = sorted(path.glob("*.safetensors"))
+            return {"role": "text", "kind": "huggingface", "run": path.name, "path": str(path.resolve()),
+                    "config_sha256": config_fingerprint(path / "config.json"),
+                    "weights_sha256": {w.name: file_sha256(w) for w in weights}}
+        return {"role": "text", "kind": self.lm.runtime, "run": path.name, "path": str(path.resolve()),
+                "precision": self.lm.precision}
 
 
 class OpenAITextBackend:
@@ -191,23 +136,11 @@ class OpenAITextBackend:
 
 def text_backend(spec: str | Path, model: str | None = None, api_key: str | None = None,
                  device: str = "auto") -> TextBackend:
-    """A back end from what the user gave: an http(s) URL, a genlab LM run or a Hugging Face folder."""
+    """A back end from what the user gave: an http(s) URL, or any model genlab opens."""
     s = str(spec)
     if s.startswith(("http://", "https://")):
         return OpenAITextBackend(s, model, api_key)
     path = Path(s)
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"text back end '{s}' is neither an http(s) URL nor a model folder with a config.json")
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"'{path}/config.json' is not valid JSON") from None
-    if isinstance(cfg, dict) and "family" in cfg:
-        from genlab.generate.text import load_lm
-
-        if cfg["family"] != "lm":
-            raise RunError(f"run '{path}' holds a {cfg['family']} model, not a language model")
-        return GenlabTextBackend(load_lm(path, device=device))
-    if isinstance(cfg, dict) and "model_type" in cfg:
-        return HFTextBackend(path, "cpu" if device == "auto" else device)
-    raise ConfigError(f"'{path}/config.json' is neither a genlab run nor a Hugging Face model config")
+    if not path.exists():
+        raise ConfigError(f"text back end '{s}' is neither an http(s) URL nor an existing model path")
+    return GenlabTextBackend(load_lm(path, device=device))

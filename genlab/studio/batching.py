@@ -11,9 +11,12 @@ One scheduler thread owns the language model. Requests join a queue; at every st
    occupy rows ``0..n-1`` of the cache (a view, no copy, feeds the model);
 4. runs ONE forward pass for all active sequences: a (n, 1) batch of tokens, each at its own
    position (per-row rotary positions) and attending only to its own filled cache positions (a
-   per-row mask).
+   per-row mask). Both come from the :class:`SlotCache`, which the scheduler owns: the model only
+   asks its cache where rows are (``Cache.positions`` / ``Cache.attn_mask``).
 
-So sixteen streaming clients cost about one batched decode step per token, not sixteen.
+So sixteen streaming clients cost about one batched decode step per token, not sixteen. A runner
+that cannot batch rows at different positions (``runner.batching`` False: the exported runtimes)
+is served by the same scheduler, one sequence per forward pass, each with a cache of its own.
 """
 
 from __future__ import annotations
@@ -27,26 +30,32 @@ from dataclasses import dataclass, field
 
 import torch
 
-from genlab.generate.text import GenerationInfo, LanguageModel, SamplingOptions, _held_back, next_token
-from genlab.models.transformer import KVCache, Transformer
+from genlab.generate.text import (
+    Detokenizer,
+    GenerationInfo,
+    LanguageModel,
+    SamplingOptions,
+    next_token,
+    start_generation,
+)
+from genlab.models.transformer import Cache, KVCache, LMConfig
 
 Event = tuple[str, object]  # ("text", str) | ("done", GenerationInfo) | ("error", str)
 Sink = Callable[[Event], None]
 
 
-class SlotCache:
+class SlotCache(Cache):
     """Keys and values of up to ``slots`` sequences decoded together, one row each.
 
-    It honours KVCache's ``update`` contract, so the model needs no special code path: during a
-    batched step row ``i`` writes its new key at its own position ``pos[i]``."""
+    During a batched step row ``i`` writes its new key at its own position ``pos[i]``, gets the
+    rotary position ``pos[i]`` and attends to its own filled positions: the model asks the cache
+    (``positions``, ``attn_mask``), so it needs no code of its own for batching."""
 
-    def __init__(self, model: Transformer, slots: int) -> None:
-        cfg = model.cfg
-        p = model.embed.weight
+    def __init__(self, cfg: LMConfig, slots: int, device: torch.device, dtype: torch.dtype) -> None:
         shape = (slots, cfg.n_kv_head, cfg.context, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(cfg.n_layer)]
-        self.pos = torch.zeros(slots, dtype=torch.long, device=p.device)  # next position to write, per row
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos = torch.zeros(slots, dtype=torch.long, device=device)  # next position to write, per row
         self.context = cfg.context
         self.length = 0  # Transformer.forward records it; rows have their own lengths in ``pos``
 
@@ -57,10 +66,21 @@ class SlotCache:
         self.v[layer][rows, :, self.pos[:n]] = v[:, :, 0]
         return self.k[layer][:n], self.v[layer][:n]
 
-    def mask(self, n: int) -> torch.Tensor:
+    def positions(self, start: int, T: int) -> torch.Tensor:
+        if T != 1:
+            raise ValueError("a SlotCache takes one token per row (prefill each sequence on its own cache)")
+        return self._rows_pos[:, None]
+
+    def attn_mask(self, start: int, T: int) -> torch.Tensor:
         """(n, 1, 1, context): row i sees its positions up to and including the one being written."""
-        seen = torch.arange(self.context, device=self.pos.device)[None, :] <= self.pos[:n, None]
+        seen = torch.arange(self.context, device=self.pos.device)[None, :] <= self._rows_pos[:, None]
         return seen[:, None, None, :]
+
+    def step(self, n: int) -> None:
+        """Say that the next forward pass feeds rows 0..n-1 (one token each)."""
+        if int(self.pos[:n].max()) >= self.context:
+            raise ValueError(f"position {int(self.pos[:n].max())} exceeds the context of {self.context}")
+        self._rows_pos = self.pos[:n].clone()
 
     def load_row(self, row: int, cache: KVCache, length: int) -> None:
         for layer in range(len(self.k)):
@@ -83,9 +103,9 @@ class _Sequence:
     sink: Sink
     gen: torch.Generator
     info: GenerationInfo
-    out: list[int] = field(default_factory=list)
-    emitted: int = 0  # characters of the decoded output already sent
+    detok: Detokenizer
     logits: torch.Tensor | None = None
+    cache: object = None  # runners that cannot batch: this sequence's own cache
     cancelled: bool = False
     finished: bool = False
 
@@ -128,7 +148,8 @@ class BatchScheduler:
         self.lm = lm
         self.max_batch = max_batch
         self.stats = BatchStats()
-        self._cache = SlotCache(lm.model, max_batch)
+        self._batched = bool(getattr(lm.model, "batching", False))
+        self._cache: SlotCache | None = None  # made at the first prefill, like the runner's own caches
         self._pending: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
         self._cv = threading.Condition()
@@ -142,18 +163,9 @@ class BatchScheduler:
         """Queue a request. ``sink`` receives its events from the scheduler thread; it must not block."""
         opts.stop = tuple(opts.stop or ())
         opts.validate()
-        ctx = self.lm.config.context
-        ids = self.lm.encode(prompt) or [self.lm.eot if self.lm.eot is not None else 0]
-        info = GenerationInfo(prompt_tokens=len(ids))
-        if len(ids) > ctx - 1:
-            info.truncated = len(ids) - (ctx - 1)
-            ids = ids[-(ctx - 1):]
-        gen = torch.Generator(device="cpu")
-        if opts.seed is not None:
-            gen.manual_seed(opts.seed)
-        else:
-            gen.seed()
-        seq = _Sequence(ids=ids, opts=opts, sink=sink, gen=gen, info=info)
+        ids, info, gen = start_generation(self.lm.encode(prompt), self.lm.config.context, self.lm.eot, opts)
+        seq = _Sequence(ids=ids, opts=opts, sink=sink, gen=gen, info=info, detok=Detokenizer(self.lm.decode, opts.stop))
+        info.completion_ids = seq.detok.ids
         with self._cv:
             if self._stopped:
                 raise RuntimeError("the scheduler is stopped")
@@ -243,6 +255,11 @@ class BatchScheduler:
         cache = model.new_cache(1)
         tokens = torch.tensor([ids], dtype=torch.long, device=self.lm.device)
         logits = model(tokens, cache, 0)[0, -1]
+        if not self._batched:
+            seq.cache = cache
+            return logits
+        if self._cache is None:
+            self._cache = SlotCache(self.lm.config, self.max_batch, cache.k[0].device, cache.k[0].dtype)
         self._cache.load_row(row, cache, len(ids))
         return logits
 
@@ -261,33 +278,24 @@ class BatchScheduler:
         seq.info.finish_reason = reason
         seq.sink(("done", seq.info))
 
+    def _send(self, seq: _Sequence, piece: str) -> None:
+        if piece:
+            seq.sink(("text", piece))
+
     def _emit(self, seq: _Sequence, tok: int) -> None:
         """Add a sampled token; send whatever text is now safe to send; finish on stop or length."""
-        opts = seq.opts
-        if tok == self.lm.eot and not opts.ignore_eot:
-            self._flush(seq, len(self.lm.decode(seq.out)))
+        if tok == self.lm.eot and not seq.opts.ignore_eot:
+            self._send(seq, seq.detok.finish())
             self._finish(seq, "stop")
             return
-        seq.out.append(tok)
         seq.ids.append(tok)
-        seq.info.completion_tokens = len(seq.out)
-        text = self.lm.decode(seq.out)
-        hit = min((i for i in (text.find(s) for s in opts.stop) if i >= 0), default=-1)
-        if hit >= 0:
-            self._flush(seq, hit, text)
+        self._send(seq, seq.detok.add(tok))
+        seq.info.completion_tokens = len(seq.detok.ids)
+        if seq.detok.stopped:
             self._finish(seq, "stop")
-            return
-        if len(seq.out) >= opts.max_tokens:
-            self._flush(seq, len(text), text)
+        elif len(seq.detok.ids) >= seq.opts.max_tokens:
+            self._send(seq, seq.detok.finish())
             self._finish(seq, "length")
-            return
-        self._flush(seq, len(text) - _held_back(text, opts.stop), text)
-
-    def _flush(self, seq: _Sequence, upto: int, text: str | None = None) -> None:
-        text = self.lm.decode(seq.out) if text is None else text
-        if upto > seq.emitted:
-            seq.sink(("text", text[seq.emitted:upto]))
-            seq.emitted = upto
 
     def _step(self) -> None:
         ctx = self.lm.config.context
@@ -298,25 +306,30 @@ class BatchScheduler:
             history = torch.tensor(seq.ids[-ctx:]) if seq.opts.repetition_penalty != 1.0 else None
             assert seq.logits is not None
             self._emit(seq, next_token(seq.logits.cpu(), seq.opts, history, seq.gen))
-        # Compact: survivors keep their order and move down to rows 0..n-1.
         survivors = [s for s in self._active if not s.finished]
-        row_of = {id(s): i for i, s in enumerate(self._active)}
-        for new_row, seq in enumerate(survivors):
-            if row_of[id(seq)] != new_row:
-                self._cache.move_row(row_of[id(seq)], new_row)
+        if self._batched:  # compact: survivors keep their order and move down to rows 0..n-1
+            row_of = {id(s): i for i, s in enumerate(self._active)}
+            for new_row, seq in enumerate(survivors):
+                if row_of[id(seq)] != new_row:
+                    self._cache.move_row(row_of[id(seq)], new_row)
         self._active = survivors
         n = len(survivors)
         if not n:
             return
         for row, seq in enumerate(survivors):
-            if int(self._cache.pos[row]) >= ctx:
+            if len(seq.ids) > ctx:
                 # Window full: like LanguageModel.stream, keep the newest half. Re-read all of it
-                # but the newest token, which the batched step below feeds as usual.
-                self._prefill(seq, row, seq.ids[-(ctx // 2):-1])
-        tokens = torch.tensor([[s.ids[-1]] for s in survivors], dtype=torch.long, device=self.lm.device)
-        positions = self._cache.pos[:n, None].clone()
-        logits = self.lm.model(tokens, self._cache, 0, positions=positions, attn_mask=self._cache.mask(n))[:, -1]
-        self._cache.pos[:n] += 1
+                # but the newest token, which the step below feeds as usual.
+                seq.ids = seq.ids[-(ctx // 2):]
+                self._prefill(seq, row, seq.ids[:-1])
+        if self._batched:
+            tokens = torch.tensor([[s.ids[-1]] for s in survivors], dtype=torch.long, device=self.lm.device)
+            self._cache.step(n)
+            logits = self.lm.model(tokens, self._cache, 0)[:, -1]
+            self._cache.pos[:n] += 1
+        else:
+            logits = [self.lm.model(torch.tensor([[s.ids[-1]]], dtype=torch.long, device=self.lm.device), s.cache,
+                                    len(s.ids) - 1)[0, -1] for s in survivors]
         for seq, row_logits in zip(survivors, logits, strict=True):
             seq.logits = row_logits
         self.stats.record(n)

@@ -21,6 +21,37 @@ from genlab.errors import ConfigError
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
+# ---- scoring: the one perplexity of genlab (training evals, `genlab eval`, export figures, benchmarks) ----
+
+@torch.no_grad()
+def batches_nll(model, batches, device="cpu") -> tuple[float, int]:
+    """Summed negative log-likelihood of each batch's targets ``y`` under ``model(x)`` (any runner
+    called without a cache), and how many targets there were."""
+    nll, count = 0.0, 0
+    for x, y in batches:
+        logits = model(x.to(device))
+        nll += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(logits.device).reshape(-1),
+                               reduction="sum").item()
+        count += y.numel()
+    return nll, count
+
+
+def token_nll(model, tokens: np.ndarray, context: int, batch_size: int = 8, device="cpu") -> tuple[float, int]:
+    """Summed negative log-likelihood of ``tokens`` and how many were predicted. The text is cut
+    into windows of context + 1 tokens that overlap by one, so every token but the first is
+    predicted exactly once."""
+    windows = [torch.from_numpy(np.asarray(tokens[s : s + context + 1], np.int64))
+               for s in range(0, len(tokens) - 1, context)]
+    full = [w for w in windows if len(w) == context + 1]
+    batches = [torch.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
+    batches += [w[None] for w in windows if len(w) != context + 1]  # the shorter tail window
+    return batches_nll(model, ((b[:, :-1], b[:, 1:]) for b in batches), device)
+
+
+def lm_metrics(loss: float, bytes_per_token: float) -> dict[str, float]:
+    """Loss (nats per token), perplexity and bits per byte, which compares models with different tokenizers."""
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2) / bytes_per_token}
+
 
 class LMTask:
     family = "lm"
@@ -56,16 +87,11 @@ class LMTask:
         return self.model.embed.weight.device
 
     def evaluate(self, model) -> dict[str, float]:
+        # A fixed sample of evenly spaced windows: quick enough to run every eval_every steps.
         x, y = prep.eval_windows(self.val_tokens, self.model.cfg.context, self.eval_batches * self.batch_size)
-        total, count = 0.0, 0
-        for i in range(0, len(x), self.batch_size):
-            xb, yb = x[i : i + self.batch_size].to(self.device), y[i : i + self.batch_size].to(self.device)
-            logits = model(xb)
-            total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), yb.reshape(-1), reduction="sum").item()
-            count += yb.numel()
-        loss = total / count
-        bpb = loss / math.log(2) / self.data.meta["bytes_per_token"]
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": bpb}
+        b = self.batch_size
+        nll, count = batches_nll(model, ((x[i : i + b], y[i : i + b]) for i in range(0, len(x), b)), self.device)
+        return lm_metrics(nll / count, self.data.meta["bytes_per_token"])
 
     def sample(self, model, step: int, out_dir: Path) -> None:
         from genlab.generate.text import LanguageModel

@@ -1,0 +1,62 @@
+"""The export targets: each module below ends with ``EXPORTER = Exporter(...)`` (genlab.export.common).
+A new target is one module and one line here; `genlab export` and its help are built from this list."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import fields
+from pathlib import Path
+
+from genlab import runs
+from genlab.export.common import OPTION_FLAGS, Exporter, ExportError, ExportOptions, ExportReport
+
+TARGETS = (
+    "genlab.export.hf",
+    "genlab.export.onnx",
+    "genlab.export.gguf",
+    "genlab.export.executorch",
+    "genlab.export.tflite",
+    "genlab.export.coreml",
+)
+
+
+def exporters() -> dict[str, Exporter]:
+    found = [importlib.import_module(name).EXPORTER for name in TARGETS]
+    return {e.name: e for e in found}
+
+
+def exporter(fmt: str | None) -> Exporter:
+    known = exporters()
+    if fmt not in known:
+        raise ExportError(f"give --format: one of {', '.join(known)}" if fmt is None else
+                          f"unknown format '{fmt}'; choose one of: {', '.join(known)}")
+    return known[fmt]
+
+
+def check_options(target: Exporter, opts: ExportOptions) -> None:
+    """An option the target does not read is a mistake the user should hear about, not a no-op."""
+    defaults = ExportOptions()
+    for f in fields(ExportOptions):
+        if getattr(opts, f.name) != getattr(defaults, f.name) and f.name not in target.options:
+            takers = [e.name for e in exporters().values() if f.name in e.options]
+            raise ExportError(f"{OPTION_FLAGS[f.name]} applies to --format {', '.join(takers)}, not {target.name}")
+
+
+def export(run: str | Path, fmt: str | None, out: str | Path | None = None, opts: ExportOptions | None = None,
+           overwrite: bool = False, log=print) -> ExportReport:
+    """Export ``run`` to format ``fmt`` (``out`` defaults to a name beside the run)."""
+    target = exporter(fmt)
+    opts = opts or ExportOptions()
+    check_options(target, opts)
+    run = Path(run)
+    family = runs.read_config(run)["family"]
+    if family not in target.families:
+        other = ", ".join(e.name for e in exporters().values() if family in e.families)
+        raise ExportError(f"{target.name} export takes {'/'.join(target.families)} runs; '{run}' holds a {family} "
+                          f"model (export it with --format {other})")
+    out = Path(out) if out is not None else run.with_name(target.default_name(run, opts))
+    return target.export(run, out, opts, overwrite, log)
+
+
+def formats_help() -> str:
+    return "; ".join(f"{e.name}: {e.summary}" for e in exporters().values())

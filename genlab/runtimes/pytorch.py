@@ -1,0 +1,57 @@
+"""genlab run directories (float or quantized) in PyTorch: the model itself is the runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genlab import runs
+from genlab.data import tokenizer as tokmod
+from genlab.device import pick_device
+from genlab.errors import RunError
+from genlab.models.quantized import dequantized, finish_load, prepare_for_load
+from genlab.models.transformer import LMConfig, Transformer
+from genlab.runtimes.base import Opened, read_json_config
+
+NAME = "pytorch"
+ARTIFACT = "a genlab run directory (float or quantized)"
+
+
+def detect(path: Path) -> bool:
+    cfg = read_json_config(path) if path.is_dir() else None
+    return cfg is not None and "family" in cfg
+
+
+def _build(run: Path, cfg: dict) -> Transformer:
+    model = Transformer(LMConfig.from_dict(cfg["model"]))
+    if cfg.get("quantization"):  # integer weights + scales (genlab quantize): give the model their shapes first
+        prepare_for_load(model, cfg["quantization"])
+    runs.load_weights(run, model)
+    return model.eval()
+
+
+def open_artifact(path: Path, device: str = "auto") -> Opened:
+    cfg = read_json_config(path) or {}
+    if cfg.get("family") != "lm":
+        raise RunError(f"run '{path}' holds a {cfg.get('family')} model, not a language model "
+                       f"(images: `genlab generate image {path}`)")
+    cfg = runs.read_config(path, family="lm")
+    quant = cfg.get("quantization")
+    if quant and quant.get("method") == "dynamic-int8" and device == "auto":
+        device = "cpu"  # PyTorch's dynamic int8 kernels are CPU kernels
+    model = _build(path, cfg).to(pick_device(device))
+    if quant:
+        finish_load(model, quant)
+    tok = tokmod.load(path / runs.TOKENIZER)
+    # Imported checkpoints may end documents with another token than genlab's own.
+    eot = tok.token_to_id(cfg.get("eos_token") or tokmod.EOT)
+    meta = {k: cfg[k] for k in ("data", "eos_token", "source") if k in cfg}
+    return Opened(model, tok, eot, path, NAME, quant["method"] if quant else "fp32", meta)
+
+
+def load_float_model(run: str | Path) -> tuple[Transformer, dict]:
+    """A run's model as plain float weights on the CPU (dequantized when the run is quantized) and
+    its config: what exporters convert and what parity is measured against."""
+    run = Path(run)
+    cfg = runs.read_config(run, family="lm")
+    model = _build(run, cfg)
+    return (dequantized(model) if cfg.get("quantization") else model), cfg
