@@ -85,13 +85,13 @@ def append_section(path: Path | None, title: str, command: str, table_md: str, n
     console.print(f"appended to {path}")
 
 
-def _markdown(headers: list[str], rows: list[list[str]]) -> str:
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def _show(title: str, headers: list[str], rows: list[list[str]]) -> None:
+def show_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
     t = Table(title=title)
     for h in headers:
         t.add_column(h)
@@ -135,9 +135,9 @@ def bench_train_lm(names: list[str], steps: int = 10, write: Path | None = None,
     headers = ["config", "params", "batch x context", "step (ms)", "tokens/s", "MFU vs measured peak"]
     rows = [[r["config"], f"{r['params']:,}", f"{r['batch']} x {r['context']}", f"{r['step_ms']:.1f}",
              f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}"] for r in results]
-    _show("train-lm", headers, rows)
+    show_table("train-lm", headers, rows)
     append_section(write, "Training throughput (`bench train-lm`)", "genlab bench train-lm " + " ".join(sys.argv[3:]),
-            _markdown(headers, rows),
+            markdown_table(headers, rows),
             f"Peak: best fp32 1024x1024 matmul measured in the same run, {peak / 1e9:.1f} GFLOP/s. "
             f"Median of {steps} optimizer steps after {warmup} warm-up steps, real trainer (AdamW, "
             "clipping), fortunes corpus. FLOPs/token = 6N + 12·layers·width·context.")
@@ -174,9 +174,9 @@ def bench_generate(lengths: list[int], preset: str = "small", write: Path | None
     headers = ["new tokens", "with KV cache (tok/s)", "without (tok/s)", "speed-up"]
     rows = [[str(r["new_tokens"]), f"{r['cache']:,.1f}", f"{r['no_cache']:,.1f}", f"{r['speedup']:.2f}x"]
             for r in results]
-    _show("generate", headers, rows)
+    show_table("generate", headers, rows)
     append_section(write, f"Decode speed, KV cache on/off (`bench generate`, {preset} preset)",
-            "genlab bench generate " + " ".join(sys.argv[3:]), _markdown(headers, rows),
+            "genlab bench generate " + " ".join(sys.argv[3:]), markdown_table(headers, rows),
             f"{cfg.n_layer} layers x {cfg.d_model} wide, vocab {cfg.vocab_size}, context {cfg.context}, "
             f"{prompt_tokens}-token prompt, greedy, batch 1, the real `generate` path (tokenizer decode and "
             "stop checks included).")
@@ -212,9 +212,9 @@ def bench_train_image(family: str, presets: list[str], steps: int = 20, write: P
     headers = ["preset", "params", "batch", "step (ms)", "images/s", f"wall time, {warmup}+{steps} steps (s)"]
     rows = [[r["preset"], f"{r['params']:,}", str(r["batch"]), f"{r['step_ms']:.1f}", f"{r['images_per_s']:,.0f}",
              f"{r['wall_s']:.1f}"] for r in results]
-    _show(f"train-{family}", headers, rows)
+    show_table(f"train-{family}", headers, rows)
     append_section(write, f"{family.upper()} training throughput (`bench train-{family}`, {data.name})",
-            f"genlab bench train-{family} " + " ".join(sys.argv[3:]), _markdown(headers, rows),
+            f"genlab bench train-{family} " + " ".join(sys.argv[3:]), markdown_table(headers, rows),
             f"Median of {steps} optimizer steps after {warmup} warm-up steps, real trainer and task "
             f"({data.name}, {data.config.image_size}px). Wall time: building the model, all steps, the final "
             "evaluation and sample grid.")

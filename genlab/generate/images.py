@@ -103,6 +103,11 @@ class ImageGenerator:
         self.model.train(was_training)
         return np.concatenate(out)
 
+    def grid_columns(self, n: int, cycling: bool) -> int:
+        """Images per grid row for ``n`` samples: one column per class when the labels cycle through the
+        classes (each column then holds one class), else 8."""
+        return min(self.model.cfg.num_classes, n) if cycling else 8
+
     def sample(self, n: int, labels: str | int | list | None = None, seed: int = 0) -> np.ndarray:
         if n <= 0:
             raise ConfigError(f"--n must be positive (got {n})")
@@ -189,6 +194,23 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, scale: int = 
         raise ConfigError(f"--out must be a .png file (got '{path.name}')")
     runs.atomic_write_bytes(path, png_bytes(upscale(make_grid(images, nrow), scale)))
     return path
+
+
+def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray,
+                        per_row: int = 8) -> tuple[np.ndarray, int]:
+    """Rows of up to ``per_row`` originals, each row with their reconstructions right below it; a short last
+    pair of rows is padded with black so every reconstruction sits under its original.
+    Returns the images and the row length to lay them out with (``make_grid``, ``save_grid``)."""
+    per_row = min(per_row, len(originals))
+    rows = [part for i in range(0, len(originals), per_row)
+            for part in (originals[i: i + per_row], reconstructions[i: i + per_row])]
+    padded = [np.concatenate([r, np.zeros((per_row - len(r), *r.shape[1:]), np.uint8)]) for r in rows]
+    return np.concatenate(padded), per_row
+
+
+def interpolation_strip(ends: np.ndarray, between: np.ndarray) -> np.ndarray:
+    """One row: the first of two images, the points decoded between them, then the second."""
+    return np.concatenate([ends[:1], between, ends[1:2]])
 
 
 def slug(name: str) -> str:

@@ -1,0 +1,90 @@
+"""`genlab bench train-lm|generate|runtimes|train-gan|train-vae`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genlab.cli.common import comma_ints, comma_list, err, out
+from genlab.cli.options import NoWriteOpt, WriteOpt
+
+app = typer.Typer(no_args_is_help=True, help="Measure speed; results go to BENCHMARKS.md.")
+
+ImgBenchPresets = Annotated[str, typer.Option(help="Comma list of presets: tiny, small.")]
+ImgBenchSteps = Annotated[int, typer.Option(help="Timed steps per preset (after warm-up steps).")]
+BENCHMARKS = Path("BENCHMARKS.md")
+
+
+@app.command("train-lm")
+def bench_train_lm_cmd(
+    steps: Annotated[int, typer.Option(help="Timed steps per config (after warm-up steps).")] = 10,
+    configs: Annotated[str, typer.Option(help="Comma list of: tiny, small, nanogpt-cpu, base.")] = "tiny,small,nanogpt-cpu",
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """Training throughput (tokens/s) and model FLOPs utilisation against this machine's measured matmul peak."""
+    from genlab.bench import bench_train_lm
+
+    bench_train_lm(comma_list(configs), steps, None if no_write else write)
+
+
+@app.command("generate")
+def bench_generate_cmd(
+    lengths: Annotated[str, typer.Option(help="New-token counts.")] = "64,256,512",
+    preset: Annotated[str, typer.Option()] = "small",
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """Decode tokens/s with and without the KV cache."""
+    from genlab.bench import bench_generate
+
+    bench_generate(comma_ints(lengths, "--lengths", "numbers separated by commas"), preset,
+                   None if no_write else write)
+
+
+@app.command("runtimes")
+def bench_runtimes_cmd(
+    run: Annotated[Path, typer.Argument(help="LM run (float) to quantize, export and measure.")],
+    only: Annotated[str, typer.Option(help="Comma list of runtimes (pytorch, onnxruntime, executorch, litert, "
+                                           "llama.cpp, transformers) or runtime:precision; default all.")] = "",
+    prompt_tokens: int = 64,
+    decode_tokens: int = 128,
+    work: Annotated[Path, typer.Option(help="Folder for the exported variants (reused between runs).")] = None,
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """Every runtime and precision side by side: size, load, prefill, decode tok/s, memory, parity."""
+    from genlab.bench import append_section
+    from genlab.bench_runtimes import bench_runtimes, markdown_table
+
+    rows = bench_runtimes(run, work, prompt_tokens, decode_tokens, only=comma_list(only) or None,
+                          log=lambda m: err.print(m, markup=False, highlight=False))
+    table = markdown_table(rows)
+    out.print(table, markup=False, highlight=False, soft_wrap=True)
+    if not no_write:
+        cmd = f"genlab bench runtimes {run}" + (f" --only {only}" if only else "")
+        append_section(write, f"Runtimes for {run.name} (`bench runtimes`)", cmd, table,
+                       f"Prompt {prompt_tokens} validation tokens, then {decode_tokens} one-token decode steps "
+                       f"(decode tok/s = 1 / median step time); each row measured in its own process; parity "
+                       f"against PyTorch eager fp32; greedy agreement = identical leading greedy tokens; "
+                       f"perplexity on the first 4,096 validation tokens.")
+
+
+@app.command("train-gan")
+def bench_train_gan_cmd(presets: ImgBenchPresets = "tiny,small", steps: ImgBenchSteps = 20,
+                        write: WriteOpt = BENCHMARKS, no_write: NoWriteOpt = False):
+    """GAN training images/s and wall time on Fashion-MNIST."""
+    from genlab.bench import bench_train_image
+
+    bench_train_image("gan", comma_list(presets), steps, None if no_write else write)
+
+
+@app.command("train-vae")
+def bench_train_vae_cmd(presets: ImgBenchPresets = "tiny,small", steps: ImgBenchSteps = 20,
+                        write: WriteOpt = BENCHMARKS, no_write: NoWriteOpt = False):
+    """VAE training images/s and wall time on Fashion-MNIST."""
+    from genlab.bench import bench_train_image
+
+    bench_train_image("vae", comma_list(presets), steps, None if no_write else write)

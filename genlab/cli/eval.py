@@ -1,0 +1,132 @@
+"""`genlab eval`, `genlab audit`, `genlab augment` and `genlab classifier train`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genlab.cli.common import comma_ints, err, out
+from genlab.cli.options import (
+    DeviceOpt,
+    ImageRunArg,
+    ImgDataOpt,
+    ImgRgbOpt,
+    ImgSizeOpt,
+    ImgTestFracOpt,
+    JsonOpt,
+)
+from genlab.errors import GenlabError
+
+classifier_app = typer.Typer(no_args_is_help=True, help="genlab's own image classifier (features for FCD, audit).")
+
+
+def eval_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Held-out text (default: the run's validation split).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Score at most this many tokens.")] = None,
+    as_json: JsonOpt = False,
+    device: str = "auto",
+    n: Annotated[int, typer.Option(help="GAN/VAE: generated images for FCD and precision/recall.")] = 10_000,
+    k: Annotated[int, typer.Option(help="GAN/VAE: neighbours for the precision/recall manifolds.")] = 3,
+    seed: Annotated[int, typer.Option(help="GAN/VAE: sampling seed.")] = 0,
+):
+    """LM: perplexity and bits per byte on held-out text. GAN/VAE: FCD, precision/recall, conditional
+    accuracy and (VAE) negative ELBO, in the features of genlab's own classifier."""
+    from genlab.runs import read_config
+
+    if read_config(run)["family"] in ("gan", "vae"):
+        _eval_image(run, data, n, k, seed, as_json, device)
+        return
+    from genlab.evaluate.perplexity import evaluate_lm
+
+    res = evaluate_lm(run, data, max_tokens=max_tokens, device=device)
+    if as_json:
+        out.print_json(json.dumps(res))
+    else:
+        out.print(f"{res['data']}: {res['tokens']:,} tokens, loss {res['loss']:.4f}, "
+                  f"perplexity {res['perplexity']:.2f}, bits/byte {res['bits_per_byte']:.4f}")
+
+
+def _eval_image(run: Path, data: list[str] | None, n: int, k: int, seed: int, as_json: bool, device: str) -> None:
+    from genlab.evaluate.image_metrics import evaluate_image_run, format_report
+
+    if data:
+        raise GenlabError("--data is for LM runs; a GAN/VAE run is scored on the test split of its own data set")
+    res = evaluate_image_run(run, n=n, k=k, seed=seed, device=device, quiet=as_json)
+    if as_json:
+        out.print_json(json.dumps(res))
+    else:
+        out.print(format_report(res), markup=False, highlight=False, soft_wrap=True)
+
+
+@classifier_app.command("train")
+def classifier_train_cmd(
+    data: ImgDataOpt = "fashion-mnist", image_size: ImgSizeOpt = None, rgb: ImgRgbOpt = False,
+    test_fraction: ImgTestFracOpt = 0.1,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if a cached one exists.")] = False,
+    device: DeviceOpt = "auto",
+):
+    """Train (or find cached) the classifier of a data set and print its test accuracy."""
+    from genlab.data.images import ImageDataConfig, load_image_data
+    from genlab.evaluate.classifier import load_or_train
+
+    dcfg = ImageDataConfig(source=data, image_size=image_size or (28 if data == "fashion-mnist" else 32),
+                           channels=3 if rgb else 1, test_fraction=test_fraction)
+    clf = load_or_train(load_image_data(dcfg), device=device, retrain=retrain)
+    out.print(f"{data}: classifier test accuracy {clf.test_accuracy:.2%} -> {clf.path}", markup=False, soft_wrap=True)
+
+
+def audit_cmd(
+    run: ImageRunArg,
+    n: Annotated[int, typer.Option(help="Unconditional samples to classify.")] = 10_000,
+    seed: int = 0,
+    tolerance: Annotated[float, typer.Option(help="Flag a class produced at over this many times its training "
+                                                  "share, or under its inverse.")] = 1.5,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+):
+    """Bias audit: the class distribution of unconditional samples against the training data's."""
+    from genlab.bench import show_table
+    from genlab.evaluate.audit import audit_run, format_audit
+
+    report = audit_run(run, n=n, seed=seed, tolerance=tolerance, device=device, quiet=as_json)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+        return
+    show_table(f"audit of {run}: {report.n_generated:,} samples",
+               ["class", "training share", "generated share", "ratio", "status"], format_audit(report))
+    out.print(f"KL(generated || training) {report.kl_generated_train:.4f} nats, KL(training || generated) "
+              f"{report.kl_train_generated:.4f} nats; classifier test accuracy {report.classifier_test_accuracy:.2%}",
+              markup=False, soft_wrap=True)
+    out.print(f"under-produced: {', '.join(report.under) or 'none'}; over-produced: {', '.join(report.over) or 'none'}"
+              f"; dropped: {', '.join(report.dropped) or 'none'}", markup=False, soft_wrap=True)
+
+
+def augment_cmd(
+    generator: Annotated[Path, typer.Option(help="Run directory of a conditional GAN or VAE.")],
+    real: Annotated[str, typer.Option(help="Real images per class (comma list, e.g. 10,50,100).")] = "10,50,100",
+    synthetic: Annotated[int, typer.Option(help="Generated images per class added to the real ones.")] = 100,
+    seeds: Annotated[int, typer.Option(help="Seeds per setting (mean ± std).")] = 3,
+    steps: Annotated[int, typer.Option(help="Classifier optimizer steps per training.")] = None,
+    write: Annotated[Path, typer.Option(help="Append the table to this Markdown file (e.g. BENCHMARKS.md).")] = None,
+    device: DeviceOpt = "auto",
+):
+    """Does generated data help a classifier trained on few real images? Test accuracy with and without."""
+    from dataclasses import replace
+
+    from genlab.bench import append_section, markdown_table, show_table
+    from genlab.evaluate.augment import AUGMENT_CLASSIFIER, run_augmentation, table
+
+    counts = comma_ints(real, "--real", "a comma list of numbers like 10,50,100")
+    cfg = replace(AUGMENT_CLASSIFIER, steps=steps) if steps else AUGMENT_CLASSIFIER
+    rows = run_augmentation(generator, counts, synthetic, seeds, cfg, device=device, log=err.print)
+    headers, body = table(rows)
+    show_table(f"augmentation with {generator}", headers, body)
+    append_section(write, f"Augmentation with generated images ({generator})",
+                   "genlab augment " + " ".join(sys.argv[2:]), markdown_table(headers, body),
+                   f"Test accuracy on the whole test split; the same classifier and {cfg.steps} steps of batch "
+                   f"{cfg.batch_size} in both arms; mean ± std over {seeds} seeds.")
