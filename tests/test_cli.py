@@ -110,3 +110,25 @@ def test_bad_training_options(tmp_path, corpus_dir, args, words):
 
 def test_bad_generation_option(trained_run):
     assert_clear_error(genlab_cli("generate", "text", trained_run, "--top-p", "1.5"), "--top-p")
+
+
+def test_prompt_bytes_that_are_not_utf8_are_generated_from(trained_run):
+    """A shell can pass `--prompt $'\\xff\\xfe'`: not a traceback, but the replacement character."""
+    r = subprocess.run([*GENLAB, "generate", "text", str(trained_run), "--prompt", b"\xff\xfe", "--max-tokens", "5",
+                        "--seed", "0"], cwd=ROOT, capture_output=True, timeout=300)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+    assert r.stdout.decode().startswith("\ufffd\ufffd")
+
+
+def test_export_is_built_from_the_registry(trained_run, tmp_path):
+    from genlab.export.registry import TARGETS, exporters
+
+    listing = genlab_cli("export", "--list")
+    assert listing.returncode == 0
+    assert [line.split()[0] for line in listing.stdout.strip().splitlines()] == list(TARGETS) == list(exporters())
+    # an option the chosen format does not read is refused, naming the formats that take it
+    assert_clear_error(genlab_cli("export", trained_run, "--format", "gguf", "--int8"),
+                       "--int8 applies to --format onnx, executorch, tflite, not gguf")
+    assert_clear_error(genlab_cli("export", trained_run, "--format", "hf", "--compress", "int8"),
+                       "--compress applies to --format coreml, not hf")
+    assert not list(tmp_path.iterdir())

@@ -99,7 +99,7 @@ def test_artifacts_genlab_cannot_run_here_get_one_line_saying_why(tmp_path):
             load_lm(folder)
     other = tmp_path / "other"
     other.mkdir()
-    with pytest.raises(RunError, match="is not a model genlab can open; it opens a genlab run directory"):
+    with pytest.raises(RunError, match="is not a genlab run or any model genlab can open .*; it opens a genlab run directory"):
         load_lm(other)
     with pytest.raises(RunError, match="does not exist"):
         load_lm(tmp_path / "missing")

@@ -25,7 +25,7 @@ classifier_app = typer.Typer(no_args_is_help=True, help="genlab's own image clas
 
 
 def eval_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory, or any LM artifact genlab opens (export, .onnx, ...).")],
     data: Annotated[list[str], typer.Option("--data", "-d", help="Held-out text (default: the run's validation split).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Score at most this many tokens.")] = None,
     as_json: JsonOpt = False,
@@ -36,9 +36,10 @@ def eval_cmd(
 ):
     """LM: perplexity and bits per byte on held-out text. GAN/VAE: FCD, precision/recall, conditional
     accuracy and (VAE) negative ELBO, in the features of genlab's own classifier."""
-    from genlab.runs import read_config
+    from genlab.runtimes.base import read_json_config
 
-    if read_config(run)["family"] in ("gan", "vae"):
+    # GAN/VAE runs get the image metrics; anything else is a language model for genlab.runtimes to open.
+    if (read_json_config(run) or {}).get("family") in ("gan", "vae"):
         _eval_image(run, data, n, k, seed, as_json, device)
         return
     from genlab.evaluate.perplexity import evaluate_lm

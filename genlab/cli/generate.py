@@ -64,7 +64,7 @@ def generate_text_cmd(
     device: str = "auto",
 ):
     """Generate text from a prompt."""
-    from genlab.generate.text import load_lm
+    from genlab.generate.text import clean_text, load_lm
 
     lm = load_lm(run, device=device)
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -74,7 +74,7 @@ def generate_text_cmd(
     if lm.info.truncated:
         err.print(f"[yellow]note[/]: the prompt was {lm.info.prompt_tokens} tokens; kept the last "
                   f"{lm.info.prompt_tokens - lm.info.truncated} to fit the context of {lm.config.context}")
-    sys.stdout.write(prompt)
+    sys.stdout.write(clean_text(prompt))  # bytes that are not UTF-8 print as U+FFFD, as the model saw them
     if stream:
         sys.stdout.write(first)
         sys.stdout.flush()

@@ -10,27 +10,28 @@ from pathlib import Path
 from genlab import runs
 from genlab.export.common import OPTION_FLAGS, Exporter, ExportError, ExportOptions, ExportReport
 
-TARGETS = (
-    "genlab.export.hf",
-    "genlab.export.onnx",
-    "genlab.export.gguf",
-    "genlab.export.executorch",
-    "genlab.export.tflite",
-    "genlab.export.coreml",
-)
+# format name -> the module that declares its EXPORTER (names without imports: the CLI starts fast)
+TARGETS = {
+    "hf": "genlab.export.hf",
+    "onnx": "genlab.export.onnx",
+    "gguf": "genlab.export.gguf",
+    "executorch": "genlab.export.executorch",
+    "tflite": "genlab.export.tflite",
+    "coreml": "genlab.export.coreml",
+}
 
 
 def exporters() -> dict[str, Exporter]:
-    found = [importlib.import_module(name).EXPORTER for name in TARGETS]
-    return {e.name: e for e in found}
+    found = {name: importlib.import_module(module).EXPORTER for name, module in TARGETS.items()}
+    assert all(name == e.name for name, e in found.items()), "TARGETS names must match their EXPORTER"
+    return found
 
 
 def exporter(fmt: str | None) -> Exporter:
-    known = exporters()
-    if fmt not in known:
-        raise ExportError(f"give --format: one of {', '.join(known)}" if fmt is None else
-                          f"unknown format '{fmt}'; choose one of: {', '.join(known)}")
-    return known[fmt]
+    if fmt not in TARGETS:
+        raise ExportError(f"give --format: one of {', '.join(TARGETS)}" if fmt is None else
+                          f"unknown format '{fmt}'; choose one of: {', '.join(TARGETS)}")
+    return exporters()[fmt]
 
 
 def check_options(target: Exporter, opts: ExportOptions) -> None:
@@ -58,5 +59,7 @@ def export(run: str | Path, fmt: str | None, out: str | Path | None = None, opts
     return target.export(run, out, opts, overwrite, log)
 
 
-def formats_help() -> str:
-    return "; ".join(f"{e.name}: {e.summary}" for e in exporters().values())
+def formats_table() -> str:
+    """Every target with what it makes, the families it takes and its options (for docs and --list)."""
+    return "\n".join(f"{e.name:<11} {'/'.join(e.families):<11} {', '.join(OPTION_FLAGS[o] for o in e.options) or '-':<22} "
+                     f"{e.summary}" for e in exporters().values())

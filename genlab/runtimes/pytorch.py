@@ -17,8 +17,11 @@ ARTIFACT = "a genlab run directory (float or quantized)"
 
 
 def detect(path: Path) -> bool:
-    cfg = read_json_config(path) if path.is_dir() else None
-    return cfg is not None and "family" in cfg
+    if not (path / runs.CONFIG).is_file():
+        return False
+    cfg = read_json_config(path)
+    # An unreadable config.json is a damaged run: opening it says so (runs.read_config).
+    return cfg is None or "family" in cfg
 
 
 def _build(run: Path, cfg: dict) -> Transformer:
@@ -30,10 +33,9 @@ def _build(run: Path, cfg: dict) -> Transformer:
 
 
 def open_artifact(path: Path, device: str = "auto") -> Opened:
-    cfg = read_json_config(path) or {}
-    if cfg.get("family") != "lm":
-        raise RunError(f"run '{path}' holds a {cfg.get('family')} model, not a language model "
-                       f"(images: `genlab generate image {path}`)")
+    family = runs.read_config(path)["family"]
+    if family != "lm":
+        raise RunError(f"run '{path}' holds a {family} model, not a lm model (images: `genlab generate image {path}`)")
     cfg = runs.read_config(path, family="lm")
     quant = cfg.get("quantization")
     if quant and quant.get("method") == "dynamic-int8" and device == "auto":

@@ -49,7 +49,8 @@ def _unknown(path: Path) -> str:
     if path.is_dir() and (path / "config.json").is_file():
         return (f"'{path}/config.json' is neither a genlab run (no 'family') nor a Hugging Face config "
                 f"(no 'model_type'); genlab opens: {known}")
-    return f"'{path}' is not a model genlab can open; it opens {known}"
+    what = "folder" if path.is_dir() else "file"
+    return f"'{path}' is not a genlab run or any model genlab can open (a {what} without config.json); it opens {known}"
 
 
 def open_lm(path: str | Path, device: str = "auto") -> Opened:
