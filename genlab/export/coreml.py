@@ -42,10 +42,8 @@ Numeric parity against PyTorch needs a Mac: ``macos_parity(folder)`` or ``MACOS_
 
 from __future__ import annotations
 
-import logging
 import sys
 import tempfile
-import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +63,7 @@ from genlab.export.common import (
     require,
     write_bundle_meta,
 )
+from genlab.quiet import quiet
 from genlab.runtimes.base import read_bundle_meta
 from genlab.runtimes.coreml import LM_FUNCTIONS as FUNCTIONS
 from genlab.runtimes.coreml import CoreMLRunner, core_names
@@ -116,14 +115,9 @@ def _quiet():
     """coremltools is loud where our users can do nothing: unsupported scikit-learn and untested torch
     versions, the missing native predictor on Linux, progress bars for every conversion pass. Keep
     its warnings (and torchao's, which it imports) off the terminal; errors still come through."""
-    names = ("coremltools", "torchao", "torch.utils._pytree", "torch._export", "torch.export")
-    levels = {n: logging.getLogger(n).level for n in names}
     patched = []
-    try:
-        for n in names:
-            logging.getLogger(n).setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with quiet("coremltools", "torchao", "torch.utils._pytree", "torch._export", "torch.export"):
+        try:
             if "coremltools" in sys.modules:  # progress bars: swap the tqdm references conversion uses
                 import importlib
 
@@ -133,11 +127,9 @@ def _quiet():
                         patched.append((mod, attr, getattr(mod, attr)))
                         setattr(mod, attr, lambda it, *a, **k: it)
             yield
-    finally:
-        for mod, attr, old in patched:
-            setattr(mod, attr, old)
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
+        finally:
+            for mod, attr, old in patched:
+                setattr(mod, attr, old)
 
 
 def import_coremltools():

@@ -29,6 +29,7 @@ import torch
 
 import genlab
 from genlab import runs
+from genlab.config import write_json
 from genlab.data import tokenizer as tokmod
 from genlab.export.common import Exporter, ExportError, ExportReport, Parity, probe_tokens
 from genlab.models.transformer import LMConfig, Transformer
@@ -104,7 +105,8 @@ def _vocab(tok_path: Path, vocab_size: int, gguf) -> tuple[list[str], list[int],
     return tokens, [int(t) for t in types], merges, eot
 
 
-def _write(model: Transformer, tok_path: Path, path: Path, qtype: str, name: str) -> None:
+def _write(model: Transformer, tok_path: Path, path: Path, qtype: str, name: str,
+           chat_template: str | None = None) -> None:
     gguf = _gguf()
     cfg = model.cfg
     tokens, types, merges, eot = _vocab(tok_path, cfg.vocab_size, gguf)
@@ -133,6 +135,8 @@ def _write(model: Transformer, tok_path: Path, path: Path, qtype: str, name: str
     w.add_eos_token_id(eot)
     w.add_add_bos_token(False)  # our models are trained without a leading BOS
     w.add_add_eos_token(False)
+    if chat_template:  # an instruct run keeps its template in the file, as llama.cpp expects
+        w.add_chat_template(chat_template)
 
     names = _tensor_names(gguf, cfg)
     for ours, t in runs.weights_of(model).items():  # a tied LM head appears once, as embed.weight
@@ -154,37 +158,169 @@ def _write(model: Transformer, tok_path: Path, path: Path, qtype: str, name: str
     w.close()
 
 
-def read_gguf_model(path: Path) -> Transformer:
-    """Our Transformer with the weights of a GGUF file we wrote (dequantized, rotary order undone)."""
+def _reader(path: Path):
+    """A GGUFReader, with one-line errors for a missing, foreign or truncated file."""
     gguf = _gguf()
-    reader = gguf.GGUFReader(str(path))
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"'{path}' does not exist")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ExportError(f"'{path}' is not a GGUF file (no GGUF magic at its start)")
+    try:
+        return gguf.GGUFReader(str(path))
+    except (ValueError, IndexError, OSError, EOFError) as e:  # numpy memmap of a cut file, bad offsets
+        raise ExportError(f"'{path}' is a damaged or truncated GGUF file ({str(e).splitlines()[0][:100]})") from None
 
-    def field(key: str):
-        return reader.fields[key].contents()
 
+def read_gguf(path: Path, context: int | None = None) -> tuple[Transformer, dict]:
+    """Our Transformer with the weights of a llama-architecture GGUF file (any type the gguf package
+    dequantizes: F32/F16/BF16/Q8_0/Q4_0/Q4_1/K-quants), rotary order undone, and the file's metadata."""
+    gguf = _gguf()
+    reader = _reader(path)
+
+    def field(key: str, default=None):
+        f = reader.fields.get(key)
+        if f is None:
+            if default is None:
+                raise ExportError(f"{path}: the GGUF metadata has no {key}")
+            return default
+        return f.contents()
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ExportError(f"{path}: architecture '{arch}' is not one genlab has (it imports llama-architecture GGUF "
+                          f"files: Llama, SmolLM, TinyLlama, ...)")
     tensors = {t.name: t for t in reader.tensors}
+    n_head, d_model = int(field("llama.attention.head_count")), int(field("llama.embedding_length"))
+    rope_dim = int(field("llama.rope.dimension_count", d_model // n_head))
+    if rope_dim != d_model // n_head:
+        raise ExportError(f"{path}: partial rotary embeddings ({rope_dim} of {d_model // n_head} dims) are not supported")
+    max_ctx = int(field("llama.context_length"))
+    vocab = int(field("llama.vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data)
+                      if "tokenizer.ggml.tokens" in reader.fields else 0))
     cfg = LMConfig(
-        vocab_size=int(field("llama.vocab_size")), context=int(field("llama.context_length")),
-        n_layer=int(field("llama.block_count")), n_head=int(field("llama.attention.head_count")),
-        n_kv_head=int(field("llama.attention.head_count_kv")), d_model=int(field("llama.embedding_length")),
-        ffn_hidden=int(field("llama.feed_forward_length")), rope_theta=float(field("llama.rope.freq_base")),
-        norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+        vocab_size=vocab, context=min(context or max_ctx, max_ctx),
+        n_layer=int(field("llama.block_count")), n_head=n_head,
+        n_kv_head=int(field("llama.attention.head_count_kv", n_head)), d_model=d_model,
+        ffn_hidden=int(field("llama.feed_forward_length")), rope_theta=float(field("llama.rope.freq_base", 10000.0)),
+        norm_eps=float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
         tie_embeddings="output.weight" not in tensors)
     model = Transformer(cfg).eval()
     names = _tensor_names(gguf, cfg)
-    state = {}
+    state, types = {}, set()
     for ours in runs.weights_of(model):
+        if names[ours] not in tensors:
+            raise ExportError(f"{path}: tensor {names[ours]} is missing; not a complete llama model")
         t = tensors[names[ours]]
-        arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        types.add(t.tensor_type.name)
+        try:
+            arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise ExportError(f"{path}: tensor type {t.tensor_type.name} cannot be dequantized by the gguf package") from None
         w = torch.from_numpy(np.asarray(arr, dtype=np.float32).copy())
         w = w.reshape([int(d) for d in reversed(t.shape.tolist())]) if w.dim() > 1 or len(t.shape) > 1 else w
+        # llama.cpp stores q and k rows interleaved per head for its rotary kernel: undo it.
         if ours.endswith("attn.q_proj.weight"):
             w = from_interleaved(w, cfg.n_head)
         elif ours.endswith("attn.k_proj.weight"):
             w = from_interleaved(w, cfg.n_kv_head)
         state[ours] = w
-    model.load_state_dict(state, strict=False)
-    return model
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ExportError(f"{path}: a tensor's shape does not match the metadata ({str(e).splitlines()[-1].strip()})") from None
+    meta = {"name": field("general.name", ""), "tensor_types": sorted(types), "context_length": max_ctx,
+            "chat_template": field("tokenizer.chat_template", "") or None,
+            "eos_token_id": field("tokenizer.ggml.eos_token_id", -1)}
+    return model, meta
+
+
+def read_gguf_model(path: Path) -> Transformer:
+    """Our Transformer with the weights of a GGUF file (for checking what genlab's export wrote)."""
+    return read_gguf(path)[0]
+
+
+def gguf_tokenizer(path: Path):
+    """The file's tokenizer as a ``tokenizers.Tokenizer``, rebuilt from its metadata by transformers'
+    GGUF converter (it knows the pre-tokenizers llama.cpp names, e.g. "smollm")."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ExportError("importing a GGUF file needs transformers (its GGUF tokenizer converter): "
+                          "pip install transformers") from None
+    path = Path(path)
+    from genlab.quiet import quiet
+
+    with quiet("transformers"):
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except (ValueError, KeyError, OSError) as e:
+            raise ExportError(f"{path}: cannot rebuild its tokenizer ({str(e).splitlines()[0][:120]})") from None
+    return tok.backend_tokenizer
+
+
+@torch.no_grad()
+def import_gguf(src: str | Path, out: str | Path, context: int | None = None, overwrite: bool = False,
+                log=print) -> ExportReport:
+    """Make a genlab run from a llama-architecture GGUF file: dequantized fp32 weights, tokenizer.json
+    rebuilt from the file, its end-of-turn token and chat template kept in config.json. Parity is
+    measured against llama.cpp when installed, else transformers' own GGUF loader."""
+    src, out = Path(src), Path(out)
+    model, meta = read_gguf(src, context)
+    tok = gguf_tokenizer(src)
+    eos_id = int(meta["eos_token_id"])
+    eos = tok.id_to_token(eos_id) if eos_id >= 0 else None
+    log(f"{src.name}: {meta['name'] or 'llama'}, {model.num_params():,} parameters, "
+        f"{model.cfg.n_layer} layers, tensors {', '.join(meta['tensor_types'])}, context {model.cfg.context}"
+        f"{' of ' + str(meta['context_length']) if model.cfg.context < meta['context_length'] else ''}")
+    with runs.staged_dir(out, overwrite, ExportError) as tmp:
+        write_json(tmp / runs.CONFIG, {
+            "family": "lm", "genlab_version": genlab.__version__, "preset": None, "model": model.cfg.to_dict(),
+            "imported_from": {"path": str(src), "format": "gguf", "name": meta["name"],
+                              "tensor_types": meta["tensor_types"]},
+            "eos_token": eos, "chat_template": meta["chat_template"], "data": None,
+        })
+        (tmp / runs.TOKENIZER).write_text(tok.to_str())
+        runs.save_weights(tmp, model, {"family": "lm", "imported_from": str(src)})
+        checks, unchecked = _check_gguf_import(model, src)
+        for c in checks:
+            log(c.line())
+            c.check()
+        for reason in unchecked:
+            log(f"parity: {reason}")
+    return ExportReport("gguf-import", out, sorted(out.iterdir()), checks, unchecked=unchecked)
+
+
+def _check_gguf_import(model: Transformer, src: Path) -> tuple[list[Parity], list[str]]:
+    """The imported model against an implementation that read the file on its own."""
+    ids = probe_tokens(model.cfg.vocab_size, min(16, model.cfg.context))
+    ref = model(ids)[0]
+    scale = ref.abs().max().item()
+    cpp = llama_cpp_logits(src, ids[0].tolist(), min(model.cfg.context, 512))
+    if cpp is not None:
+        return [Parity(f"genlab vs llama.cpp, {ids.shape[1]} tokens", float(np.abs(cpp - ref.numpy()).max()),
+                       LLAMA_CPP_RELATIVE_TOLERANCE["q8_0"] * scale, scale)], []
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    except ImportError:
+        return [], ["not measured: neither llama-cpp-python nor transformers is installed"]
+    from genlab.quiet import quiet
+
+    # transformers reads the file with its own code (config, tensor names, q/k permutation).
+    with quiet("transformers", fds=True):  # its progress bar
+        config = {k: v for k, v in load_gguf_checkpoint(str(src))["config"].items() if not k.startswith(("model_type", "_"))}
+        hf = LlamaForCausalLM(LlamaConfig(**config)).eval()
+        tensors = load_gguf_checkpoint(str(src), return_tensors=True, model_to_load=hf)["tensors"]
+        hf.load_state_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in tensors.items()}, strict=False)
+        if config.get("tie_word_embeddings"):
+            hf.tie_weights()
+    got = hf(ids).logits[0]
+    # Both dequantize the same stored values to fp32, so only summation order differs.
+    return [Parity(f"genlab vs transformers' GGUF reader ({type(hf).__name__}), {ids.shape[1]} tokens",
+                   (got - ref).abs().max().item(), 1e-3 * max(scale, 1.0), scale)], \
+        ["llama.cpp's logits: llama-cpp-python is not installed (make gguf-check)"]
 
 
 def llama_cpp_logits(path: Path, ids: list[int], n_ctx: int) -> np.ndarray | None:
@@ -223,9 +359,9 @@ def export_gguf(run: str | Path, out: str | Path, qtype: str = "f16", overwrite:
     run, out = Path(run), Path(out)
     if out.suffix != ".gguf":
         raise ExportError(f"--out for gguf must end in .gguf (got '{out}')")
-    model, _ = load_float_model(run)
+    model, cfg = load_float_model(run)
     with runs.staged_file(out, overwrite, ExportError) as tmp:
-        _write(model, run / runs.TOKENIZER, tmp, qtype, name=run.name)
+        _write(model, run / runs.TOKENIZER, tmp, qtype, name=run.name, chat_template=cfg.get("chat_template"))
         checks = gguf_parity(model, tmp, qtype)
         for c in checks:
             log(c.line())

@@ -53,8 +53,9 @@ def export(run: str | Path, fmt: str | None, out: str | Path | None = None, opts
     family = runs.read_config(run)["family"]
     if family not in target.families:
         other = ", ".join(e.name for e in exporters().values() if family in e.families)
-        raise ExportError(f"{target.name} export takes {'/'.join(target.families)} runs; '{run}' holds a {family} "
-                          f"model (export it with --format {other})")
+        takes = "language models" if target.families == ("lm",) else f"{'/'.join(target.families)} runs"
+        raise ExportError(f"{target.name} export is for {takes}; '{run}' holds a {family} model "
+                          f"(export it with --format {other})")
     out = Path(out) if out is not None else run.with_name(target.default_name(run, opts))
     return target.export(run, out, opts, overwrite, log)
 

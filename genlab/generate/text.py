@@ -191,6 +191,26 @@ class LanguageModel:
     def generate(self, prompt: str = "", **kwargs) -> str:
         return "".join(self.stream(prompt, **kwargs))
 
+    @property
+    def chat_template(self) -> str | None:
+        return self.meta.get("chat_template")
+
+    def chat_prompt(self, messages: list[dict]) -> tuple[str, tuple[str, ...]]:
+        """The prompt for ``messages`` and the stop strings that end the reply (genlab.generate.chat)."""
+        from genlab.generate.chat import chat_prompt
+
+        return chat_prompt(self.chat_template, messages)
+
+    def stream_chat(self, messages: list[dict], **kwargs) -> Iterator[str]:
+        """The assistant's reply to ``messages`` ([{"role": "system"|"user"|"assistant", "content": ...}]),
+        in pieces: through the model's chat template, ending at its end-of-turn token."""
+        prompt, stops = self.chat_prompt(messages)
+        kwargs["stop"] = tuple(kwargs.get("stop") or ()) + stops
+        return self.stream(prompt, **kwargs)
+
+    def chat(self, messages: list[dict], **kwargs) -> str:
+        return "".join(self.stream_chat(messages, **kwargs))
+
     @torch.no_grad()
     def stream(self, prompt: str = "", *, use_cache: bool = True, **kwargs) -> Iterator[str]:
         opts = SamplingOptions(**{k: v for k, v in kwargs.items() if v is not None})

@@ -46,7 +46,7 @@ def open_artifact(path: Path, device: str = "auto") -> Opened:
     tok = tokmod.load(path / runs.TOKENIZER)
     # Imported checkpoints may end documents with another token than genlab's own.
     eot = tok.token_to_id(cfg.get("eos_token") or tokmod.EOT)
-    meta = {k: cfg[k] for k in ("data", "eos_token", "source") if k in cfg}
+    meta = {k: cfg[k] for k in ("data", "eos_token", "source", "chat_template") if cfg.get(k) is not None}
     return Opened(model, tok, eot, path, NAME, quant["method"] if quant else "fp32", meta)
 
 

@@ -20,34 +20,15 @@ from genlab.studio.batching import BatchScheduler
 
 router = APIRouter(tags=["text"])
 
-CHAT_STOP = ("\nUser:", "\nSystem:")
+def message_dicts(messages: list[Message]) -> list[dict]:
+    """Request messages as plain role/content dicts (content parts joined: only text parts count)."""
+    return [{"role": m.role, "content": m.content if isinstance(m.content, str) else "".join(
+        p.get("text", "") for p in m.content if isinstance(p, dict) and p.get("type") == "text")}
+        for m in messages]
 
 
-def chat_prompt(messages: list[Message]) -> str:
-    """The documented template for base models: a plain transcript they can continue.
-
-        {system text}            (each system/developer message, one paragraph each)
-
-        User: {text}
-        Assistant: {text}
-        ...
-        Assistant:
-
-    Generation stops where the model starts a new "User:" or "System:" turn."""
-    parts, turns = [], []
-    for m in messages:
-        text = m.content if isinstance(m.content, str) else "".join(
-            p.get("text", "") for p in m.content if isinstance(p, dict) and p.get("type") == "text")
-        text = text.strip()
-        if m.role in ("system", "developer"):
-            parts.append(text)
-        else:
-            turns.append(f"{'User' if m.role == 'user' else 'Assistant'}: {text}")
-    head = "\n\n".join(p for p in parts if p)
-    return (head + "\n\n" if head else "") + "\n".join(turns + ["Assistant:"])
-
-
-def sampling_options(svc: Service, body: SamplingBody, max_tokens: int | None, chat: bool) -> list[SamplingOptions]:
+def sampling_options(svc: Service, body: SamplingBody, max_tokens: int | None, chat: bool,
+                     chat_stop: tuple[str, ...] = ()) -> list[SamplingOptions]:
     """One options object per choice: choice i samples with ``seed + i``."""
     if max_tokens is None:
         max_tokens = min(256, svc.cfg.max_tokens_limit) if chat else 16
@@ -58,7 +39,7 @@ def sampling_options(svc: Service, body: SamplingBody, max_tokens: int | None, c
         raise APIError(400, "stop strings must not be empty", "stop")
     return [SamplingOptions(max_tokens=max_tokens, temperature=sampling_temperature(body.temperature),
                             top_p=body.top_p, top_k=body.top_k, repetition_penalty=body.repetition_penalty,
-                            stop=stop + (CHAT_STOP if chat else ()),
+                            stop=stop + chat_stop,
                             seed=None if body.seed is None else body.seed + i, ignore_eot=body.ignore_eos)
             for i in range(body.n)]
 
@@ -108,15 +89,18 @@ async def completions(body: CompletionBody, svc: ServiceDep):
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatBody, svc: ServiceDep):
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    return await _generate(svc, body, chat_prompt(body.messages), max_tokens, chat=True)
+    # The served model's chat template (ending at its end-of-turn token), or a plain transcript.
+    prompt, chat_stop = svc.lm.chat_prompt(message_dicts(body.messages)) if svc.lm is not None else ("", ())
+    return await _generate(svc, body, prompt, max_tokens, chat=True, chat_stop=chat_stop)
 
 
-async def _generate(svc: Service, body: SamplingBody, prompt: str, max_tokens: int | None, chat: bool):
+async def _generate(svc: Service, body: SamplingBody, prompt: str, max_tokens: int | None, chat: bool,
+                    chat_stop: tuple[str, ...] = ()):
     if svc.scheduler is None:
         raise APIError(404, "this server has no text model (start it with --text-run)", "model", "model_not_found")
     sched = svc.scheduler
     model = svc.resolve_model(body.model, "text")
-    opts = sampling_options(svc, body, max_tokens, chat)
+    opts = sampling_options(svc, body, max_tokens, chat, chat_stop)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     obj = "chat.completion" if chat else "text_completion"

@@ -13,7 +13,7 @@ from genlab.errors import ConfigError
 from genlab.sizing import catalog, memory
 from genlab.sizing.arch import Architecture, from_catalog, from_preset, preset_names
 from genlab.sizing.common import GIB, Section, SizeOptions, params_str, si
-from genlab.sizing.common import parse_count as parse_count  # genlab/cli.py imports it from here
+from genlab.sizing.common import parse_count as parse_count  # genlab/cli/size.py imports it from here
 from genlab.sizing.counts import count
 from genlab.sizing.families import FAMILIES, family_of
 from genlab.sizing.hardware import Device

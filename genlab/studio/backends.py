@@ -20,7 +20,6 @@ from typing import Protocol
 
 from genlab import runs
 from genlab.errors import ConfigError, GenlabError, RunError
-from genlab.generate.chat import render_chat
 from genlab.generate.speech import file_sha256
 from genlab.generate.text import LanguageModel, SamplingOptions, load_lm
 
@@ -61,17 +60,13 @@ class GenlabTextBackend:
     def __init__(self, lm: LanguageModel, scheduler=None) -> None:
         self.lm = lm
         self.scheduler = scheduler  # a BatchScheduler: share forward passes with the API's requests
-        self.template = lm.meta.get("chat_template")
-        self.chat = bool(self.template)
-
-    def prompt(self, prompt: str, system: str | None = None) -> str:
-        if not self.chat:
-            return prompt
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return render_chat(self.template, messages)
+        self.chat = bool(lm.chat_template)
 
     def stream(self, prompt: str, opts: SamplingOptions, system: str | None = None) -> Iterator[str]:
-        prompt = self.prompt(prompt, system)
+        if self.chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            prompt, stops = self.lm.chat_prompt(messages)
+            opts = SamplingOptions(**{**vars(opts), "stop": tuple(opts.stop or ()) + stops})
         if self.scheduler is not None:
             return self.scheduler.stream(prompt, opts)
         return self.lm.stream(prompt, **vars(opts))
