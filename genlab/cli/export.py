@@ -59,9 +59,13 @@ def import_hf_cmd(
     """Import a Llama-family checkpoint as a genlab run (generate with it, or fine-tune with --init-from)."""
     from genlab.export.hf import import_hf
 
+    _import(import_hf, src, out_dir, context, overwrite)
+
+
+def _import(importer, src: Path, out_dir: Path | None, context: int | None, overwrite: bool) -> None:
     if out_dir is None:
         raise GenlabError("give the run directory to create: --out RUN")
-    import_hf(src, out_dir, context=context, overwrite=overwrite, log=log)
+    importer(src, out_dir, context=context, overwrite=overwrite, log=log)
     out.print(f"imported {src} -> {out_dir}")
 
 
@@ -76,10 +80,7 @@ def import_gguf_cmd(
     """Import a GGUF file as a genlab run: weights, tokenizer, end-of-turn token and chat template."""
     from genlab.export.gguf import import_gguf
 
-    if out_dir is None:
-        raise GenlabError("give the run directory to create: --out RUN")
-    import_gguf(src, out_dir, context=context, overwrite=overwrite, log=log)
-    out.print(f"imported {src} -> {out_dir}")
+    _import(import_gguf, src, out_dir, context, overwrite)
 
 
 @import_app.command("smollm2")
