@@ -6,6 +6,7 @@ order `genlab --help` lists them:
     train.py     train lm | gan | vae
     generate.py  generate text | image, animate, reconstruct
     chat.py      chat (interactive, or --message once)
+    finetune.py  finetune (LoRA adapters or full), finetune --merge
     eval.py      eval, audit, augment, classifier train
     data.py      data prepare
     shrink.py    quantize, distill
@@ -33,6 +34,7 @@ from genlab.cli.common import err
 from genlab.cli.demo import demo_cmd
 from genlab.cli.eval import audit_cmd, augment_cmd, classifier_app, eval_cmd
 from genlab.cli.export import export_cmd, import_app
+from genlab.cli.finetune import finetune_cmd
 from genlab.cli.generate import animate_cmd, reconstruct_cmd
 from genlab.cli.serve import serve_cmd, speak_cmd, studio_app
 from genlab.cli.shrink import distill_cmd, quantize_cmd
@@ -46,7 +48,7 @@ for name, command in [
     ("animate", animate_cmd), ("reconstruct", reconstruct_cmd),
     ("eval", eval_cmd), ("audit", audit_cmd), ("augment", augment_cmd),
     ("speak", speak_cmd), ("demo", demo_cmd), ("size", size_cmd),
-    ("quantize", quantize_cmd), ("distill", distill_cmd),
+    ("quantize", quantize_cmd), ("distill", distill_cmd), ("finetune", finetune_cmd),
     ("export", export_cmd), ("serve", serve_cmd), ("chat", chat_cmd),
 ]:
     app.command(name)(command)

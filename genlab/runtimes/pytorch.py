@@ -1,4 +1,5 @@
-"""genlab run directories (float or quantized) in PyTorch: the model itself is the runner."""
+"""genlab run directories (float, quantized, or LoRA adapters over a base run) in PyTorch: the model
+itself is the runner."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from genlab.errors import RunError
 from genlab.models.quantized import dequantized, finish_load, prepare_for_load
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.runtimes.base import Opened, read_json_config
+from genlab.train import finetune
 
 NAME = "pytorch"
-ARTIFACT = "a genlab run directory (float or quantized)"
+ARTIFACT = "a genlab run directory (float, quantized or LoRA)"
 
 
 def detect(path: Path) -> bool:
@@ -25,6 +27,8 @@ def detect(path: Path) -> bool:
 
 
 def _build(run: Path, cfg: dict) -> Transformer:
+    if finetune.lora_section(cfg):  # genlab finetune --method lora: the base run's weights + this run's adapters
+        return finetune.lora_model(run, cfg).eval()
     model = Transformer(LMConfig.from_dict(cfg["model"]))
     if cfg.get("quantization"):  # integer weights + scales (genlab quantize): give the model their shapes first
         prepare_for_load(model, cfg["quantization"])
@@ -46,14 +50,17 @@ def open_artifact(path: Path, device: str = "auto") -> Opened:
     tok = tokmod.load(path / runs.TOKENIZER)
     # Imported checkpoints may end documents with another token than genlab's own.
     eot = tok.token_to_id(cfg.get("eos_token") or tokmod.EOT)
-    meta = {k: cfg[k] for k in ("data", "eos_token", "source", "chat_template") if cfg.get(k) is not None}
+    meta = {k: cfg[k] for k in ("data", "eos_token", "source", "chat_template", "finetune") if cfg.get(k) is not None}
     return Opened(model, tok, eot, path, NAME, quant["method"] if quant else "fp32", meta)
 
 
 def load_float_model(run: str | Path) -> tuple[Transformer, dict]:
     """A run's model as plain float weights on the CPU (dequantized when the run is quantized) and
-    its config: what exporters convert and what parity is measured against."""
+    its config: what exporters convert and what parity is measured against. A LoRA run's adapters are
+    merged into its base's weights."""
     run = Path(run)
     cfg = runs.read_config(run, family="lm")
+    if finetune.lora_section(cfg):
+        return finetune.merged_model(run, cfg), cfg
     model = _build(run, cfg)
     return (dequantized(model) if cfg.get("quantization") else model), cfg

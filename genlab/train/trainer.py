@@ -281,9 +281,13 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
                                        foreach=device.type != "mps")}
     optimizer = optimizers.get("optimizer")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # A task may keep its own weights file: ``save_checkpoint(run, model, state, meta)`` and
+    # ``load_weights(run, model)`` in place of the run's model.safetensors (a LoRA run stores its adapters).
+    save_checkpoint = getattr(task, "save_checkpoint", runs.save_checkpoint)
+    load_weights = getattr(task, "load_weights", runs.load_weights)
     step, elapsed, units_seen = 0, 0.0, 0
     if resume:
-        runs.load_weights(run, model)
+        load_weights(run, model)
         state = runs.load_train_state(run)
         for name, opt in optimizers.items():
             opt.load_state_dict(state[name])
@@ -334,7 +338,7 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
-        runs.save_checkpoint(run, model, state, {"family": task.family, **(extra_meta or {})})
+        save_checkpoint(run, model, state, {"family": task.family, **(extra_meta or {})})
 
     def evaluate() -> dict[str, float]:
         model.eval()

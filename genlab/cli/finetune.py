@@ -1,0 +1,110 @@
+"""`genlab finetune`: LoRA adapters or full fine-tuning of an LM run on new text; `--merge` folds a LoRA
+run's adapters into its base's weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genlab.cli.common import comma_list, out, report_lm_training
+from genlab.cli.options import (
+    CheckpointEveryOpt,
+    CompileOpt,
+    DataOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EvalBatchesOpt,
+    EvalEveryOpt,
+    GradClipOpt,
+    LmBatchOpt,
+    LmGradAccumOpt,
+    LmWarmupOpt,
+    LogEveryOpt,
+    MinutesOpt,
+    OverwriteRunOpt,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+    StepsOpt,
+    WeightDecayOpt,
+    train_config_from,
+)
+from genlab.errors import GenlabError
+
+TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def finetune_cmd(
+    base: Annotated[Path, typer.Argument(help="Run directory of the LM to fine-tune (trained or imported).")] = None,
+    data: DataOpt = None,
+    method: Annotated[str, typer.Option(help="lora (train low-rank adapters; the run stores only them) or full "
+                                             "(train every weight). Default: lora.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory for the fine-tuned model "
+                                                              "(with --merge: for the merged run).")] = None,
+    merge: Annotated[Path, typer.Option("--merge", help="Fold this LoRA run's adapters into its base's weights "
+                                                        "and write an ordinary run to --out.")] = None,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank r. [default: 8]")] = None,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (updates are scaled by alpha / r). [default: 16]")] = None,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the adapters' input. [default: 0.05]")] = None,
+    lora_targets: Annotated[str, typer.Option(help=f"Comma list of the projections to adapt. [default: {TARGETS}]")] = None,
+    steps: StepsOpt = None,
+    minutes: MinutesOpt = None,
+    batch_size: LmBatchOpt = None,
+    grad_accum: LmGradAccumOpt = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate. [default: 1e-3 for lora, 2e-4 for full]")] = None,
+    warmup: LmWarmupOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    grad_clip: GradClipOpt = None,
+    eval_every: EvalEveryOpt = None,
+    eval_batches: EvalBatchesOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    log_every: LogEveryOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    compile: CompileOpt = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteRunOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Fine-tune an LM run on new text: LoRA adapters (through peft) or every weight; --merge a LoRA run."""
+    args = dict(locals())
+    from genlab.train import finetune as ft
+
+    if out_dir is None:
+        raise GenlabError("give the output run directory: --out RUN")
+    lora_flags = [f"--{name.replace('_', '-')}" for name in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+                  if args[name] is not None]
+    if merge is not None:
+        if base is not None or data or resume or method is not None or lora_flags:
+            raise GenlabError("--merge takes only the LoRA run and --out (and --overwrite)")
+        merged = ft.merge(merge, out_dir, overwrite=overwrite)
+        out.print(f"merged the adapters of {merge} into its base's weights -> {merged}")
+        return
+    if method is not None and method not in ft.METHODS:
+        raise GenlabError(f"unknown --method '{method}'; choose lora or full")
+    if method == "full" and lora_flags:
+        raise GenlabError(f"{lora_flags[0]} applies to --method lora")
+    if resume:
+        if base is not None or data:
+            raise GenlabError("--resume continues the run in --out with its own base and data; "
+                              "give neither BASE nor --data")
+    elif base is None or not data:
+        raise GenlabError("give the run to fine-tune and the text: genlab finetune BASE --data CORPUS --out RUN")
+    defaults = ft.LoraSettings()
+    lora = ft.LoraSettings(
+        rank=defaults.rank if lora_rank is None else lora_rank,
+        alpha=defaults.alpha if lora_alpha is None else lora_alpha,
+        dropout=defaults.dropout if lora_dropout is None else lora_dropout,
+        targets=defaults.targets if lora_targets is None else comma_list(lora_targets))
+    if args["lr"] is None:
+        args["lr"] = ft.DEFAULT_LR[method or "lora"]
+    from genlab.config import DataConfig
+
+    result = ft.finetune(ft.FinetuneSpec(run=out_dir, base=base, data=DataConfig(corpus=data or []), method=method,
+                                         lora=lora, train=train_config_from(args, None), resume=resume,
+                                         overwrite=overwrite, quiet=quiet))
+    if not quiet:
+        report_lm_training(result, out_dir)

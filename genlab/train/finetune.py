@@ -1,0 +1,397 @@
+"""Fine-tuning an LM run on new text: LoRA adapters (through peft) or every weight.
+
+``--method full`` is `genlab train lm --init-from BASE`: the new run holds a whole model.
+
+``--method lora`` freezes the base and trains low-rank adapters on the chosen projections
+(Hu et al., 2021): ``W x + (alpha / r) * B A x``, ``A`` (r x in) random, ``B`` (out x r) zero at the
+start, so step 0 is the base model. peft builds the adapter layers inside genlab's own
+``Transformer``; the task is an ``LMTask``, so the shared trainer gives budgets, progress, evals,
+checkpoints, Ctrl-C and exact resume. The run stores only the adapters:
+
+    runs/NAME/
+      config.json          the base's model section, plus ``finetune``: method, rank, alpha, dropout,
+                           targets, the base run (absolute path) and its weights' sha256
+      adapter.safetensors  lora_A / lora_B of every adapted projection (step in the metadata)
+      train_state.pt       optimizer (adapter parameters only), step, RNG states
+      tokenizer.json       the base's
+
+``adapter.safetensors`` and ``train_state.pt`` are committed like ``runs.save_checkpoint`` commits
+model.safetensors and train_state.pt (temp files made durable, then the state renamed, then the
+weights; a kill between the renames is rolled forward on the next load).
+
+Opening the run (``runtimes.pytorch``) builds the base, injects the adapters with the recorded settings
+and loads them; a base whose weights changed since is refused. ``merge`` folds ``B A * alpha / r``
+into the base weights and writes an ordinary run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import genlab
+from genlab import runs
+from genlab.config import DataConfig, TrainConfig, write_json
+from genlab.data import prepare as prep
+from genlab.data import tokenizer as tokmod
+from genlab.device import seed_everything
+from genlab.errors import ConfigError, RunError
+from genlab.models.transformer import LMConfig, Transformer
+from genlab.quiet import quiet
+from genlab.train.lm import LMTask, LMTrainSpec, train_lm
+from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
+
+ADAPTER = "adapter.safetensors"
+METHODS = ("lora", "full")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_LR = {"lora": 1e-3, "full": 2e-4}  # the CLI's --lr when none is given
+_PEFT_NAME = "default"  # peft's adapter name inside the model; the file stores names without it
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def validate(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"--lora-rank must be a whole number >= 1 (got {self.rank})")
+        if not self.alpha > 0:
+            raise ConfigError(f"--lora-alpha must be positive (got {self.alpha})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--lora-dropout must be in [0, 1) (got {self.dropout})")
+        if not self.targets:
+            raise ConfigError(f"--lora-targets is empty; name some of: {', '.join(LORA_TARGETS)}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown:
+            raise ConfigError(f"--lora-targets: the model has no module '{unknown[0]}'; "
+                              f"choose from {', '.join(LORA_TARGETS)}")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclass
+class FinetuneSpec:
+    """Everything `genlab finetune` needs; the CLI only fills it in."""
+
+    run: Path
+    base: Path | None = None  # read from the run's config.json on --resume
+    data: DataConfig = field(default_factory=DataConfig)
+    method: str | None = None  # None: lora for a new run, the run's own method on --resume
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+    def validate(self) -> None:
+        if (self.method or "lora") not in METHODS:
+            raise ConfigError(f"unknown --method '{self.method}'; choose lora or full")
+        if (self.method or "lora") == "lora":
+            self.lora.validate()
+
+
+# ---- the base run and the adapters -----------------------------------------------------------------
+
+
+def lora_section(cfg: dict) -> dict | None:
+    """The ``finetune`` section of a LoRA run's config, or None for any other run."""
+    sec = cfg.get("finetune")
+    return sec if isinstance(sec, dict) and sec.get("method") == "lora" else None
+
+
+def weights_sha256(run: Path) -> str:
+    h = hashlib.sha256()
+    with open(Path(run) / runs.WEIGHTS, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def base_config(base: Path) -> dict:
+    """config.json of a run that can be fine-tuned: a float LM run with its weights."""
+    base = Path(base)
+    cfg = runs.read_config(base)
+    if cfg["family"] != "lm":
+        raise RunError(f"base '{base}' holds a {cfg['family']} model; finetune needs a language-model run")
+    if cfg.get("quantization"):
+        raise RunError(f"base '{base}' is quantized; fine-tune the float run it was made from")
+    if lora_section(cfg):
+        raise RunError(f"base '{base}' is itself a LoRA run; merge it first "
+                       f"(`genlab finetune --merge {base} --out MERGED`) and fine-tune the merged run")
+    if not (base / runs.WEIGHTS).is_file():
+        raise RunError(f"base '{base}' has no {runs.WEIGHTS}; it has not saved a checkpoint yet")
+    return cfg
+
+
+def check_base(run: Path, sec: dict) -> Path:
+    """The base run of LoRA run ``run``, refused when it is gone or its weights changed."""
+    base = Path(sec["base"])
+    if not (base / runs.WEIGHTS).is_file():
+        raise RunError(f"the base run '{base}' of LoRA run '{run}' is gone (no {runs.WEIGHTS}); "
+                       f"restore it there")
+    if weights_sha256(base) != sec["base_sha256"]:
+        raise RunError(f"the base run '{base}' changed since '{run}' was fine-tuned from it (its weights' "
+                       f"sha256 differs); restore that base, or fine-tune again")
+    return base
+
+
+def _base_model(base: Path, model_cfg: dict) -> Transformer:
+    model = Transformer(LMConfig.from_dict(model_cfg))
+    runs.load_weights(base, model)
+    return model
+
+
+def _peft():
+    try:
+        with quiet("peft", "transformers", "torchao", root=True, fds=True):
+            import peft
+    except ImportError:
+        raise ConfigError("LoRA needs the peft package: pip install 'genlab[finetune]'") from None
+    return peft
+
+
+def inject_lora(model: Transformer, lora: LoraSettings) -> Transformer:
+    """Put peft's LoRA layers around ``lora.targets`` in ``model`` (in place) and freeze the rest."""
+    present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in lora.targets if t not in present]
+    if missing:
+        raise ConfigError(f"--lora-targets: the model has no module '{missing[0]}'; "
+                          f"choose from {', '.join(t for t in LORA_TARGETS if t in present)}")
+    peft = _peft()
+    config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.targets), bias="none")
+    with quiet("peft", root=True):
+        peft.inject_adapter_in_model(config, model, adapter_name=_PEFT_NAME)
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_" in name)
+    return model
+
+
+_IN_MODEL = re.compile(rf"\.(lora_[AB])\.{_PEFT_NAME}\.")
+
+
+def adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors, named ``<module>.lora_A.weight`` / ``<module>.lora_B.weight``."""
+    return {_IN_MODEL.sub(r".\1.", name): t.detach().to("cpu").contiguous()
+            for name, t in runs.unwrap(model).state_dict().items() if ".lora_" in name}
+
+
+def read_adapter(run: Path) -> dict[str, torch.Tensor]:
+    path = Path(run) / ADAPTER
+    if not path.exists():
+        raise RunError(f"LoRA run '{run}' has no {ADAPTER}; it has not saved a checkpoint yet")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise RunError(f"{path} is corrupted ({e}); restore it or fine-tune again") from None
+
+
+def load_adapter(run: Path, model: torch.nn.Module) -> None:
+    """Load ``run``'s adapter.safetensors into a model that ``inject_lora`` prepared."""
+    _recover(Path(run))
+    tensors = {n.replace(".lora_A.", f".lora_A.{_PEFT_NAME}.").replace(".lora_B.", f".lora_B.{_PEFT_NAME}."): t
+               for n, t in read_adapter(run).items()}
+    target = runs.unwrap(model)
+    expected = {n for n in target.state_dict() if ".lora_" in n}
+    if set(tensors) != expected:
+        raise RunError(f"{Path(run) / ADAPTER} does not match the adapters in {runs.CONFIG} "
+                       f"(missing: {sorted(expected - set(tensors))[:2]}, unexpected: {sorted(set(tensors) - expected)[:2]})")
+    try:
+        target.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e)[:120])
+        raise RunError(f"{Path(run) / ADAPTER} does not match the adapters in {runs.CONFIG} ({first})") from None
+
+
+def _settings(sec: dict) -> LoraSettings:
+    return LoraSettings(rank=int(sec["rank"]), alpha=float(sec["alpha"]), dropout=float(sec["dropout"]),
+                        targets=list(sec["targets"]))
+
+
+def lora_model(run: Path, cfg: dict) -> Transformer:
+    """A LoRA run as a model: the base's weights with the run's adapters injected (unmerged)."""
+    sec = lora_section(cfg)
+    assert sec is not None
+    model = _base_model(check_base(run, sec), cfg["model"])
+    inject_lora(model, _settings(sec))
+    load_adapter(run, model)
+    return model
+
+
+def merged_model(run: Path, cfg: dict) -> Transformer:
+    """A LoRA run as a plain ``Transformer``: ``W + (alpha / r) * B @ A`` for every adapted projection."""
+    sec = lora_section(cfg)
+    if sec is None:
+        raise RunError(f"'{run}' is not a LoRA run (its config.json has no finetune section with method "
+                       f"lora); nothing to merge")
+    model = _base_model(check_base(run, sec), cfg["model"])
+    adapters = read_adapter(run)
+    scaling = _settings(sec).scaling
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name in sorted(n[: -len(".lora_A.weight")] for n in adapters if n.endswith(".lora_A.weight")):
+            linear = modules.get(name)
+            b = adapters.get(f"{name}.lora_B.weight")
+            if not isinstance(linear, torch.nn.Linear) or b is None:
+                raise RunError(f"{Path(run) / ADAPTER} does not match the model in {runs.CONFIG} ({name})")
+            a = adapters[f"{name}.lora_A.weight"]
+            delta = (b.double() @ a.double()) * scaling
+            linear.weight.copy_((linear.weight.double() + delta).to(linear.weight.dtype))
+    return model.eval()
+
+
+# ---- the adapter checkpoint (committed like runs.save_checkpoint) ----------------------------------------
+
+
+def save_adapter_checkpoint(run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None) -> None:
+    run = Path(run)
+    metadata = {"step": str(int(state["step"])), "genlab_version": genlab.__version__}
+    metadata.update({k: str(v) for k, v in (meta or {}).items()})
+    a_tmp, s_tmp = runs._tmp(run / ADAPTER), runs._tmp(run / runs.STATE)
+    save_file(adapter_weights(model), str(a_tmp), metadata=metadata)
+    runs._durable(a_tmp)
+    torch.save(state, s_tmp)
+    runs._durable(s_tmp)
+    os.replace(s_tmp, run / runs.STATE)
+    os.replace(a_tmp, run / ADAPTER)
+    runs._fsync_dir(run)
+
+
+def _recover(run: Path) -> None:
+    """Finish or drop an adapter checkpoint a kill interrupted (see runs.recover)."""
+    a_tmp, s_tmp = runs._tmp(run / ADAPTER), runs._tmp(run / runs.STATE)
+    if s_tmp.exists():  # train_state.pt was never replaced: the previous checkpoint is intact
+        s_tmp.unlink()
+        a_tmp.unlink(missing_ok=True)
+    elif a_tmp.exists():
+        step = runs._state_step(run / runs.STATE) if (run / runs.STATE).exists() else None
+        if step is not None and runs._weights_step(a_tmp) == step:
+            os.replace(a_tmp, run / ADAPTER)
+            runs._fsync_dir(run)
+        else:
+            a_tmp.unlink()
+
+
+class LoraTask(LMTask):
+    """The LM objective on a model whose only trainable parameters are LoRA adapters; its checkpoints
+    hold the adapters alone (the trainer calls ``save_checkpoint`` / ``load_weights``)."""
+
+    def save_checkpoint(self, run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None) -> None:
+        save_adapter_checkpoint(run, model, state, meta)
+
+    def load_weights(self, run: Path, model: torch.nn.Module) -> None:
+        load_adapter(run, model)
+        state_step = runs._state_step(Path(run) / runs.STATE)
+        adapter_step = runs._weights_step(Path(run) / ADAPTER)
+        if state_step is not None and adapter_step is not None and state_step != adapter_step:
+            raise RunError(f"{run}: adapters (step {adapter_step}) and train state (step {state_step}) disagree")
+
+
+# ---- fine-tuning and merging -----------------------------------------------------------------------------
+
+_CARRIED = ("eos_token", "chat_template", "source")  # what chat and generation read from the base's config
+
+
+def finetune(spec: FinetuneSpec) -> TrainResult:
+    """Fine-tune (or resume fine-tuning) ``spec.base`` on ``spec.data`` into the run ``spec.run``."""
+    run = Path(spec.run)
+    if spec.resume:
+        saved = runs.read_config(run, family="lm")
+        method = "lora" if lora_section(saved) else "full"
+        if spec.method is not None and spec.method != method:
+            raise ConfigError(f"run '{run}' was fine-tuned with --method {method}; resume it with that method")
+        if method == "full":
+            return train_lm(LMTrainSpec(run=run, train=spec.train, resume=True, quiet=spec.quiet))
+        return _lora(spec, run, saved)
+    spec.validate()
+    if spec.base is None:
+        raise ConfigError("give the run to fine-tune: genlab finetune BASE --data CORPUS --out RUN")
+    base_config(spec.base)
+    runs.require_new(run, spec.overwrite)
+    if Path(spec.base).resolve() == run.resolve():
+        raise ConfigError("--out must be a new run directory, not the base run")
+    if (spec.method or "lora") == "full":
+        return train_lm(LMTrainSpec(run=run, data=spec.data, train=spec.train, init_from=Path(spec.base),
+                                    overwrite=spec.overwrite, quiet=spec.quiet))
+    return _lora(spec, run, None)
+
+
+def _lora(spec: FinetuneSpec, run: Path, saved: dict | None) -> TrainResult:
+    tcfg = spec.train
+    dist, log = begin(tcfg, spec.quiet)
+    if saved is not None:  # resume
+        sec = lora_section(saved)
+        assert sec is not None
+        base, lora = check_base(run, sec), _settings(sec)
+        base_cfg = saved  # its model section is the base's
+        data_cfg = DataConfig(**saved["data"]["config"])
+        tok = tokmod.load(run / runs.TOKENIZER)
+        tcfg = resumed_train_config(saved, tcfg)
+    else:
+        base, lora = Path(spec.base).resolve(), spec.lora  # type: ignore[arg-type]
+        base_cfg = base_config(base)
+        data_cfg = spec.data
+        tok = tokmod.load(base / runs.TOKENIZER)
+
+    data = dist.main_first(lambda: prep.prepare(data_cfg, tok=tok, log=log))
+    if data.meta["vocab_size"] != base_cfg["model"]["vocab_size"]:
+        raise ConfigError(f"the base's tokenizer has {data.meta['vocab_size']} tokens but its model "
+                          f"{base_cfg['model']['vocab_size']}; the base run is damaged")
+
+    seed_everything(tcfg.seed)  # the adapters' random init (A) is part of the run's seed
+    model = inject_lora(_base_model(base, base_cfg["model"]), lora)
+    task = LoraTask(model, data, tcfg.batch_size, tcfg.eval_batches)  # a too-small corpus fails here
+
+    if saved is None:
+        create_run(run, {
+            "family": "lm",
+            "preset": base_cfg.get("preset"),
+            "model": base_cfg["model"],
+            "train": tcfg.to_dict(),
+            "data": {"config": data_cfg.to_dict(), "fingerprint": data.fingerprint,
+                     "train_tokens": data.meta["train_tokens"], "val_tokens": data.meta["val_tokens"],
+                     "tokenizer": data.meta["tokenizer"], "bytes_per_token": data.meta["bytes_per_token"]},
+            "finetune": {"method": "lora", "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
+                         "targets": list(lora.targets), "base": str(base), "base_sha256": weights_sha256(base)},
+            **{k: base_cfg[k] for k in _CARRIED if base_cfg.get(k) is not None},
+        }, dist, spec.overwrite)
+        if dist.is_main:
+            shutil.copyfile(base / runs.TOKENIZER, run / runs.TOKENIZER)
+        dist.barrier()
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"LoRA r={lora.rank} alpha={lora.alpha:g} on {', '.join(lora.targets)}: {trainable:,} trainable "
+        f"parameters over the frozen base {base}")
+    return train(task, tcfg, run, resume=saved is not None, quiet=spec.quiet, dist=dist,
+                 extra_meta={"lora_base": str(base)})
+
+
+def merge(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Fold LoRA run ``run``'s adapters into its base weights and write an ordinary run to ``out``."""
+    run, out = Path(run), Path(out)
+    cfg = runs.read_config(run, family="lm")
+    sec = lora_section(cfg)
+    if sec is not None and out.resolve() in (run.resolve(), Path(sec["base"]).resolve()):
+        raise ConfigError("--out must be a new folder, not the LoRA run or its base")
+    model = merged_model(run, cfg)
+    merged = {k: v for k, v in cfg.items() if k != "finetune"}
+    merged.update({"genlab_version": genlab.__version__, "init_from": sec["base"],  # type: ignore[index]
+                   "merged_from": str(run.resolve())})
+    with runs.staged_dir(out, overwrite) as tmp:
+        write_json(tmp / runs.CONFIG, merged)
+        runs.save_weights(tmp, model, meta={"merged_from": str(run.resolve())})
+        shutil.copyfile(run / runs.TOKENIZER, tmp / runs.TOKENIZER)
+    return out
