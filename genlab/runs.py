@@ -171,19 +171,21 @@ def require_new(run: Path, overwrite: bool) -> None:
                        f"(or pass --overwrite to replace it)")
 
 
-def save_checkpoint(run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None) -> None:
-    """Write model.safetensors and train_state.pt as one atomic checkpoint (see the module doc)."""
+def save_checkpoint(run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None,
+                    tensors: dict[str, torch.Tensor] | None = None, weights: str = WEIGHTS) -> None:
+    """Write the weights file and train_state.pt as one atomic checkpoint (see the module doc).
+    ``tensors``/``weights``: another set of tensors under another name (LoRA runs keep adapters only)."""
     run = Path(run)
     step = int(state["step"])
     metadata = {"step": str(step), "genlab_version": genlab.__version__}
     metadata.update({k: str(v) for k, v in (meta or {}).items()})
-    w_tmp, s_tmp = _tmp(run / WEIGHTS), _tmp(run / STATE)
-    save_file(weights_of(model), str(w_tmp), metadata=metadata)
+    w_tmp, s_tmp = _tmp(run / weights), _tmp(run / STATE)
+    save_file(weights_of(model) if tensors is None else tensors, str(w_tmp), metadata=metadata)
     _durable(w_tmp)
     torch.save(state, s_tmp)
     _durable(s_tmp)
     os.replace(s_tmp, run / STATE)
-    os.replace(w_tmp, run / WEIGHTS)
+    os.replace(w_tmp, run / weights)
     _fsync_dir(run)
 
 
@@ -213,10 +215,16 @@ def _state_step(path: Path) -> int | None:
         return None
 
 
-def recover(run: Path) -> None:
+def checkpoint_steps(run: Path, weights: str = WEIGHTS) -> tuple[int | None, int | None]:
+    """The steps the weights file and train_state.pt record (None where a file has none)."""
+    run = Path(run)
+    return _weights_step(run / weights), (_state_step(run / STATE) if (run / STATE).exists() else None)
+
+
+def recover(run: Path, weights: str = WEIGHTS) -> None:
     """Finish or discard a checkpoint that a kill interrupted."""
     run = Path(run)
-    w_tmp, s_tmp = _tmp(run / WEIGHTS), _tmp(run / STATE)
+    w_tmp, s_tmp = _tmp(run / weights), _tmp(run / STATE)
     if s_tmp.exists():
         # train_state.pt was never replaced, so the previous checkpoint is intact.
         s_tmp.unlink()
@@ -225,7 +233,7 @@ def recover(run: Path) -> None:
     if w_tmp.exists():
         state_step = _state_step(run / STATE) if (run / STATE).exists() else None
         if state_step is not None and _weights_step(w_tmp) == state_step:
-            os.replace(w_tmp, run / WEIGHTS)  # roll the half-committed checkpoint forward
+            os.replace(w_tmp, run / weights)  # roll the half-committed checkpoint forward
             _fsync_dir(run)
         else:
             w_tmp.unlink()

@@ -27,7 +27,6 @@ into the base weights and writes an ordinary run.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import genlab
 from genlab import runs
@@ -201,7 +200,7 @@ def read_adapter(run: Path) -> dict[str, torch.Tensor]:
 
 def load_adapter(run: Path, model: torch.nn.Module) -> None:
     """Load ``run``'s adapter.safetensors into a model that ``inject_lora`` prepared."""
-    _recover(Path(run))
+    runs.recover(Path(run), ADAPTER)
     tensors = {n.replace(".lora_A.", f".lora_A.{_PEFT_NAME}.").replace(".lora_B.", f".lora_B.{_PEFT_NAME}."): t
                for n, t in read_adapter(run).items()}
     target = runs.unwrap(model)
@@ -256,46 +255,16 @@ def merged_model(run: Path, cfg: dict) -> Transformer:
 # ---- the adapter checkpoint (committed like runs.save_checkpoint) ----------------------------------------
 
 
-def save_adapter_checkpoint(run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None) -> None:
-    run = Path(run)
-    metadata = {"step": str(int(state["step"])), "genlab_version": genlab.__version__}
-    metadata.update({k: str(v) for k, v in (meta or {}).items()})
-    a_tmp, s_tmp = runs._tmp(run / ADAPTER), runs._tmp(run / runs.STATE)
-    save_file(adapter_weights(model), str(a_tmp), metadata=metadata)
-    runs._durable(a_tmp)
-    torch.save(state, s_tmp)
-    runs._durable(s_tmp)
-    os.replace(s_tmp, run / runs.STATE)
-    os.replace(a_tmp, run / ADAPTER)
-    runs._fsync_dir(run)
-
-
-def _recover(run: Path) -> None:
-    """Finish or drop an adapter checkpoint a kill interrupted (see runs.recover)."""
-    a_tmp, s_tmp = runs._tmp(run / ADAPTER), runs._tmp(run / runs.STATE)
-    if s_tmp.exists():  # train_state.pt was never replaced: the previous checkpoint is intact
-        s_tmp.unlink()
-        a_tmp.unlink(missing_ok=True)
-    elif a_tmp.exists():
-        step = runs._state_step(run / runs.STATE) if (run / runs.STATE).exists() else None
-        if step is not None and runs._weights_step(a_tmp) == step:
-            os.replace(a_tmp, run / ADAPTER)
-            runs._fsync_dir(run)
-        else:
-            a_tmp.unlink()
-
-
 class LoraTask(LMTask):
     """The LM objective on a model whose only trainable parameters are LoRA adapters; its checkpoints
     hold the adapters alone (the trainer calls ``save_checkpoint`` / ``load_weights``)."""
 
     def save_checkpoint(self, run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None) -> None:
-        save_adapter_checkpoint(run, model, state, meta)
+        runs.save_checkpoint(run, model, state, meta, tensors=adapter_weights(model), weights=ADAPTER)
 
     def load_weights(self, run: Path, model: torch.nn.Module) -> None:
         load_adapter(run, model)
-        state_step = runs._state_step(Path(run) / runs.STATE)
-        adapter_step = runs._weights_step(Path(run) / ADAPTER)
+        adapter_step, state_step = runs.checkpoint_steps(run, ADAPTER)
         if state_step is not None and adapter_step is not None and state_step != adapter_step:
             raise RunError(f"{run}: adapters (step {adapter_step}) and train state (step {state_step}) disagree")
 
