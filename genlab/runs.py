@@ -16,6 +16,7 @@ finds a complete model temp file whose step matches train_state.pt and rolls it 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,15 @@ WEIGHTS = "model.safetensors"
 STATE = "train_state.pt"
 TOKENIZER = "tokenizer.json"
 METRICS = "metrics.csv"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in blocks (weights can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

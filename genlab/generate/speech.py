@@ -10,7 +10,6 @@ noise for livelier (but unrepeatable) speech. espeak-ng is deterministic as it i
 
 from __future__ import annotations
 
-import hashlib
 import io
 import shutil
 import subprocess
@@ -71,14 +70,6 @@ class Speech:
         return path
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def piper_voice_files(voice: str) -> tuple[Path, Path]:
     """(model.onnx, model.onnx.json) for the built-in voice name or a user's voice file."""
     if voice == DEFAULT_VOICE:
@@ -131,7 +122,7 @@ def _piper(text: str, opts: SpeechOptions) -> Speech:
     with wave.open(buf, "wb") as w:
         voice.synthesize_wav(text, w, syn_config=syn)
         rate = w.getframerate()
-    return Speech(buf.getvalue(), rate, "piper", model.name, file_sha256(model))
+    return Speech(buf.getvalue(), rate, "piper", model.name, runs.file_sha256(model))
 
 
 def _espeak(text: str, opts: SpeechOptions) -> Speech:

@@ -37,10 +37,10 @@ def _build(run: Path, cfg: dict) -> Transformer:
 
 
 def open_artifact(path: Path, device: str = "auto") -> Opened:
-    family = runs.read_config(path)["family"]
-    if family != "lm":
-        raise RunError(f"run '{path}' holds a {family} model, not a lm model (images: `genlab generate image {path}`)")
-    cfg = runs.read_config(path, family="lm")
+    cfg = runs.read_config(path)
+    if cfg["family"] != "lm":
+        raise RunError(f"run '{path}' holds a {cfg['family']} model, not a lm model "
+                       f"(images: `genlab generate image {path}`)")
     quant = cfg.get("quantization")
     if quant and quant.get("method") == "dynamic-int8" and device == "auto":
         device = "cpu"  # PyTorch's dynamic int8 kernels are CPU kernels

@@ -20,7 +20,6 @@ from typing import Protocol
 
 from genlab import runs
 from genlab.errors import ConfigError, GenlabError, RunError
-from genlab.generate.speech import file_sha256
 from genlab.generate.text import LanguageModel, SamplingOptions, load_lm
 
 
@@ -51,7 +50,7 @@ def run_record(run: Path, role: str) -> dict:
     cfg = runs.read_config(run)
     return {"role": role, "kind": "genlab-run", "run": run.name, "path": str(run.resolve()),
             "family": cfg["family"], "config_sha256": config_fingerprint(run / runs.CONFIG),
-            "weights_sha256": file_sha256(run / runs.WEIGHTS)}
+            "weights_sha256": runs.file_sha256(run / runs.WEIGHTS)}
 
 
 class GenlabTextBackend:
@@ -81,7 +80,7 @@ class GenlabTextBackend:
             weights = sorted(path.glob("*.safetensors"))
             return {"role": "text", "kind": "huggingface", "run": path.name, "path": str(path.resolve()),
                     "config_sha256": config_fingerprint(path / "config.json"),
-                    "weights_sha256": {w.name: file_sha256(w) for w in weights}}
+                    "weights_sha256": {w.name: runs.file_sha256(w) for w in weights}}
         return {"role": "text", "kind": self.lm.runtime, "run": path.name, "path": str(path.resolve()),
                 "precision": self.lm.precision}
 

@@ -148,7 +148,7 @@ class BatchScheduler:
         self.lm = lm
         self.max_batch = max_batch
         self.stats = BatchStats()
-        self._batched = bool(getattr(lm.model, "batching", False))
+        self._batched = lm.model.batching  # Runner protocol
         self._cache: SlotCache | None = None  # made at the first prefill, like the runner's own caches
         self._pending: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []

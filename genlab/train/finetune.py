@@ -26,7 +26,6 @@ into the base weights and writes an ordinary run.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -112,11 +111,7 @@ def lora_section(cfg: dict) -> dict | None:
 
 
 def weights_sha256(run: Path) -> str:
-    h = hashlib.sha256()
-    with open(Path(run) / runs.WEIGHTS, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return runs.file_sha256(Path(run) / runs.WEIGHTS)
 
 
 def base_config(base: Path) -> dict:
