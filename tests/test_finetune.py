@@ -1,5 +1,6 @@
 """genlab finetune: LoRA adapters through peft (trained by the shared trainer, stored alone, opened
-unmerged by the pytorch runtime, merged into an ordinary run) and full fine-tuning."""
+unmerged by the pytorch runtime, merged into an ordinary run), QLoRA over a frozen quantized base,
+and full fine-tuning."""
 
 import json
 import random
@@ -16,6 +17,7 @@ from genlab.config import DataConfig, train_config
 from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
 from genlab.errors import ConfigError, RunError
+from genlab.models.quantized import QuantLinear, QuantSpec, dequantize
 from genlab.runtimes.pytorch import load_float_model
 from genlab.runtimes.registry import open_lm
 from genlab.train import finetune as ft
@@ -117,6 +119,45 @@ def test_merge_matches_the_unmerged_run(lora_run, tmp_path):
         ft.merge(run, merged)
 
 
+@pytest.mark.parametrize("quant", [QuantSpec("int4", 16), QuantSpec("int8")], ids=["int4", "int8"])
+def test_qlora_trains_adapters_over_a_frozen_quantized_base(tmp_path, base, new_text, quant):
+    spec = lora_spec(tmp_path / "q", base, new_text)
+    spec.method, spec.quant = "qlora", quant
+    result = ft.finetune(spec)
+    base_model, _ = load_float_model(base)
+    assert result.val["loss"] < _val_loss(base_model, base, new_text) - 0.5
+    sec = json.loads((tmp_path / "q" / runs.CONFIG).read_text())["finetune"]
+    assert sec["method"] == "qlora" and sec["quantization"]["method"] == quant.method
+    assert not (tmp_path / "q" / runs.WEIGHTS).exists()
+
+    # opened unmerged: peft's LoRA layers around genlab's quantized layers, the base held as integers
+    opened = open_lm(tmp_path / "q", device="cpu")
+    q_proj = opened.runner.layers[0].attn.q_proj
+    assert isinstance(q_proj.get_base_layer(), QuantLinear)
+    assert q_proj.get_base_layer().qweight.dtype in (torch.int8, torch.uint8)
+    assert _val_loss(opened.runner, tmp_path / "q", new_text) == pytest.approx(result.val["loss"], abs=1e-5)
+    # merged into the dequantized base: the same function as a plain float run
+    merged = open_lm(ft.merge(tmp_path / "q", tmp_path / "m"), device="cpu")
+    assert not any(isinstance(m, QuantLinear) for m in merged.runner.modules())
+    idx = torch.randint(0, merged.runner.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (opened.runner(idx) - merged.runner(idx)).abs().max().item() < 1e-4
+
+
+def test_quantized_linear_backward_matches_the_float_layer():
+    """QLoRA's frozen layers recompute the float weight in the backward pass instead of saving it;
+    the input gradient must equal that of the dequantized float layer."""
+    w = torch.randn(24, 32, generator=torch.Generator().manual_seed(0))
+    for spec in (QuantSpec("int8"), QuantSpec("int4", 16)):
+        layer = QuantLinear(24, 32, spec)
+        layer.set_from(w, spec)
+        x = torch.randn(3, 5, 32, requires_grad=True)
+        layer(x).square().sum().backward()
+        x2 = x.detach().clone().requires_grad_(True)
+        torch.nn.functional.linear(x2, dequantize(layer.qweight, layer.scale, layer.bits)).square().sum().backward()
+        assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+
+
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, base, new_text, monkeypatch):
     straight = ft.finetune(lora_spec(tmp_path / "a", base, new_text))
     ctrl_c_during_batch(monkeypatch, ft.LoraTask, 10)  # a Ctrl-C during step 10 of the same 20-step run
@@ -154,7 +195,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, base, new_t
         with pytest.raises(ConfigError):
             ft.finetune(lora_spec(out, base, new_text, **lora))
     with pytest.raises(ConfigError, match="unknown --method"):
-        ft.finetune(ft.FinetuneSpec(run=out, base=base, method="qlora", train=train_config(None, steps=1)))
+        ft.finetune(ft.FinetuneSpec(run=out, base=base, method="dora", train=train_config(None, steps=1)))
     gan = tmp_path / "gan"
     gan.mkdir()
     (gan / runs.CONFIG).write_text(json.dumps({"family": "gan"}))
@@ -189,7 +230,9 @@ def test_cli_finetune_merge_and_errors(tmp_path, base, new_text):
     assert done.returncode == 0, done.stderr
     assert (merged / runs.WEIGHTS).exists()
 
-    for args, says in [(("--method", "qlora"), "unknown --method"), (("--lora-rank", 0), "--lora-rank")]:
+    for args, says in [(("--method", "dora"), "unknown --method"), (("--lora-rank", 0), "--lora-rank"),
+                       (("--method", "qlora", "--quant", "int2"), "--quant"),
+                       (("--group-size", 16), "applies to --method qlora")]:
         bad = _cli("finetune", base, "--data", new_text, "--out", tmp_path / "bad", "--steps", 2, *args)
         assert bad.returncode == 2, bad.stderr
         lines = bad.stderr.strip().splitlines()

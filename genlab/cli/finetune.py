@@ -39,8 +39,9 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 def finetune_cmd(
     base: Annotated[Path, typer.Argument(help="Run directory of the LM to fine-tune (trained or imported).")] = None,
     data: DataOpt = None,
-    method: Annotated[str, typer.Option(help="lora (train low-rank adapters; the run stores only them) or full "
-                                             "(train every weight). Default: lora.")] = None,
+    method: Annotated[str, typer.Option(help="lora (train low-rank adapters; the run stores only them), qlora "
+                                             "(the same over a frozen int4/int8 base) or full (train every "
+                                             "weight). Default: lora.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory for the fine-tuned model "
                                                               "(with --merge: for the merged run).")] = None,
     merge: Annotated[Path, typer.Option("--merge", help="Fold this LoRA run's adapters into its base's weights "
@@ -49,6 +50,9 @@ def finetune_cmd(
     lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (updates are scaled by alpha / r). [default: 16]")] = None,
     lora_dropout: Annotated[float, typer.Option(help="Dropout on the adapters' input. [default: 0.05]")] = None,
     lora_targets: Annotated[str, typer.Option(help=f"Comma list of the projections to adapt. [default: {TARGETS}]")] = None,
+    quant: Annotated[str, typer.Option(help="qlora: how the frozen base is quantized, int4 or int8. "
+                                            "[default: int4]")] = None,
+    group_size: Annotated[int, typer.Option(help="qlora with int4: weights per scale. [default: 32]")] = None,
     steps: StepsOpt = None,
     minutes: MinutesOpt = None,
     batch_size: LmBatchOpt = None,
@@ -77,16 +81,19 @@ def finetune_cmd(
         raise GenlabError("give the output run directory: --out RUN")
     lora_flags = [f"--{name.replace('_', '-')}" for name in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
                   if args[name] is not None]
+    quant_flags = [f"--{name.replace('_', '-')}" for name in ("quant", "group_size") if args[name] is not None]
     if merge is not None:
-        if base is not None or data or resume or method is not None or lora_flags:
+        if base is not None or data or resume or method is not None or lora_flags or quant_flags:
             raise GenlabError("--merge takes only the LoRA run and --out (and --overwrite)")
         merged = ft.merge(merge, out_dir, overwrite=overwrite)
         out.print(f"merged the adapters of {merge} into its base's weights -> {merged}")
         return
     if method is not None and method not in ft.METHODS:
-        raise GenlabError(f"unknown --method '{method}'; choose lora or full")
+        raise GenlabError(f"unknown --method '{method}'; choose lora, qlora or full")
     if method == "full" and lora_flags:
-        raise GenlabError(f"{lora_flags[0]} applies to --method lora")
+        raise GenlabError(f"{lora_flags[0]} applies to --method lora and qlora")
+    if quant_flags and method != "qlora":
+        raise GenlabError(f"{quant_flags[0]} applies to --method qlora")
     if resume:
         if base is not None or data:
             raise GenlabError("--resume continues the run in --out with its own base and data; "
@@ -102,9 +109,11 @@ def finetune_cmd(
     if args["lr"] is None:
         args["lr"] = ft.DEFAULT_LR[method or "lora"]
     from genlab.config import DataConfig
+    from genlab.models.quantized import QuantSpec
 
     result = ft.finetune(ft.FinetuneSpec(run=out_dir, base=base, data=DataConfig(corpus=data or []), method=method,
-                                         lora=lora, train=train_config_from(args, None), resume=resume,
+                                         lora=lora, quant=QuantSpec(quant or "int4", group_size or 32),
+                                         train=train_config_from(args, None), resume=resume,
                                          overwrite=overwrite, quiet=quiet))
     if not quiet:
         report_lm_training(result, out_dir)

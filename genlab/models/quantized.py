@@ -151,10 +151,37 @@ class _QuantWeight(nn.Module):
         return f"{self.rows}, {self.cols}, int{self.bits}"
 
 
+class _DequantLinear(torch.autograd.Function):
+    """``x @ W.T`` for a frozen quantized ``W`` that is dequantized again in the backward pass, so
+    autograd keeps the integer weights, not a float copy of every layer (what makes QLoRA lean)."""
+
+    @staticmethod
+    def forward(ctx, x, qweight, scale, bits):
+        ctx.save_for_backward(qweight, scale)
+        ctx.bits = bits
+        return F.linear(x, dequantize(qweight, scale, bits).to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        qweight, scale = ctx.saved_tensors
+        return grad @ dequantize(qweight, scale, ctx.bits).to(grad.dtype), None, None, None
+
+
 class QuantLinear(_QuantWeight):
-    """A bias-free linear layer whose weight is dequantized on the fly (weight-only quantization)."""
+    """A bias-free linear layer whose weight is dequantized on the fly (weight-only quantization).
+    The weight is never trained; gradients flow through it to the input (LoRA adapters on top)."""
+
+    @property
+    def in_features(self) -> int:
+        return self.cols
+
+    @property
+    def out_features(self) -> int:
+        return self.rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _DequantLinear.apply(x, self.qweight, self.scale, self.bits)
         return F.linear(x, self.weight.to(x.dtype))
 
 

@@ -4,13 +4,18 @@
 
 ``--method lora`` freezes the base and trains low-rank adapters on the chosen projections
 (Hu et al., 2021): ``W x + (alpha / r) * B A x``, ``A`` (r x in) random, ``B`` (out x r) zero at the
-start, so step 0 is the base model. peft builds the adapter layers inside genlab's own
+start, so step 0 is the base model. ``--method qlora`` does the same over a base whose embedding and
+linear layers are quantized to int4 (or int8) with genlab's own weight-only layers
+(``models.quantized``; Dettmers et al., 2023, with round-to-nearest instead of NF4): the frozen base
+takes 4-8x less memory, and its weights are dequantized layer by layer in the forward and again in
+the backward pass (never kept as floats for autograd). peft builds the adapter layers inside genlab's own
 ``Transformer``; the task is an ``LMTask``, so the shared trainer gives budgets, progress, evals,
 checkpoints, Ctrl-C and exact resume. The run stores only the adapters:
 
     runs/NAME/
       config.json          the base's model section, plus ``finetune``: method, rank, alpha, dropout,
-                           targets, the base run (absolute path) and its weights' sha256
+                           targets, the base run (absolute path) and its weights' sha256, and for
+                           qlora the ``quantization`` of the base (method, group size)
       adapter.safetensors  lora_A / lora_B of every adapted projection (step in the metadata)
       train_state.pt       optimizer (adapter parameters only), step, RNG states
       tokenizer.json       the base's
@@ -19,9 +24,11 @@ checkpoints, Ctrl-C and exact resume. The run stores only the adapters:
 model.safetensors and train_state.pt (temp files made durable, then the state renamed, then the
 weights; a kill between the renames is rolled forward on the next load).
 
-Opening the run (``runtimes.pytorch``) builds the base, injects the adapters with the recorded settings
-and loads them; a base whose weights changed since is refused. ``merge`` folds ``B A * alpha / r``
-into the base weights and writes an ordinary run.
+Opening the run (``runtimes.pytorch``) builds the base (quantized again for qlora: round-to-nearest
+is deterministic), injects the adapters with the recorded settings and loads them; a base whose
+weights changed since is refused. ``merge`` folds ``B A * alpha / r`` into the base weights and
+writes an ordinary float run; for qlora into the dequantized base weights, the model the adapters
+were trained with, so the merged run computes what the unmerged one does.
 """
 
 from __future__ import annotations
@@ -42,15 +49,18 @@ from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
 from genlab.device import seed_everything
 from genlab.errors import ConfigError, RunError
+from genlab.models.quantized import QuantLinear, QuantSpec, check_shapes, dequantized
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.quiet import quiet
 from genlab.train.lm import LMTask, LMTrainSpec, train_lm
 from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
 ADAPTER = "adapter.safetensors"
-METHODS = ("lora", "full")
+METHODS = ("lora", "qlora", "full")
+ADAPTER_METHODS = ("lora", "qlora")
+QLORA_QUANT = ("int4", "int8")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_LR = {"lora": 1e-3, "full": 2e-4}  # the CLI's --lr when none is given
+DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "full": 2e-4}  # the CLI's --lr when none is given
 _PEFT_NAME = "default"  # peft's adapter name inside the model; the file stores names without it
 
 
@@ -89,25 +99,31 @@ class FinetuneSpec:
     data: DataConfig = field(default_factory=DataConfig)
     method: str | None = None  # None: lora for a new run, the run's own method on --resume
     lora: LoraSettings = field(default_factory=LoraSettings)
+    quant: QuantSpec = field(default_factory=lambda: QuantSpec("int4", 32))  # qlora's frozen base
     train: TrainConfig | None = None
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
 
     def validate(self) -> None:
-        if (self.method or "lora") not in METHODS:
-            raise ConfigError(f"unknown --method '{self.method}'; choose lora or full")
-        if (self.method or "lora") == "lora":
+        method = self.method or "lora"
+        if method not in METHODS:
+            raise ConfigError(f"unknown --method '{self.method}'; choose lora, qlora or full")
+        if method in ADAPTER_METHODS:
             self.lora.validate()
+        if method == "qlora":
+            if self.quant.method not in QLORA_QUANT:
+                raise ConfigError(f"--quant must be int4 or int8 for qlora (got {self.quant.method})")
+            self.quant.validate()
 
 
 # ---- the base run and the adapters -----------------------------------------------------------------
 
 
 def lora_section(cfg: dict) -> dict | None:
-    """The ``finetune`` section of a LoRA run's config, or None for any other run."""
+    """The ``finetune`` section of a LoRA or QLoRA run's config, or None for any other run."""
     sec = cfg.get("finetune")
-    return sec if isinstance(sec, dict) and sec.get("method") == "lora" else None
+    return sec if isinstance(sec, dict) and sec.get("method") in ADAPTER_METHODS else None
 
 
 def weights_sha256(run: Path) -> str:
@@ -142,10 +158,20 @@ def check_base(run: Path, sec: dict) -> Path:
     return base
 
 
-def _base_model(base: Path, model_cfg: dict) -> Transformer:
+def _base_model(base: Path, model_cfg: dict, quant: QuantSpec | None = None) -> Transformer:
+    """The base run's model; for qlora with its embedding and linear layers quantized (frozen)."""
     model = Transformer(LMConfig.from_dict(model_cfg))
     runs.load_weights(base, model)
+    if quant is not None:
+        from genlab.optimize.quantize import quantize_model
+
+        check_shapes(model.cfg, quant)
+        quantize_model(model, quant)
     return model
+
+
+def _quant(sec: dict) -> QuantSpec | None:
+    return QuantSpec.from_dict(sec["quantization"]) if sec.get("method") == "qlora" else None
 
 
 def _peft():
@@ -159,7 +185,8 @@ def _peft():
 
 def inject_lora(model: Transformer, lora: LoraSettings) -> Transformer:
     """Put peft's LoRA layers around ``lora.targets`` in ``model`` (in place) and freeze the rest."""
-    present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+               if isinstance(m, (torch.nn.Linear, QuantLinear))}
     missing = [t for t in lora.targets if t not in present]
     if missing:
         raise ConfigError(f"--lora-targets: the model has no module '{missing[0]}'; "
@@ -167,11 +194,22 @@ def inject_lora(model: Transformer, lora: LoraSettings) -> Transformer:
     peft = _peft()
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=list(lora.targets), bias="none")
+    # genlab's quantized layers are not a layer type peft knows; its custom-module hook takes them
+    # with peft's own LoRA Linear, told their shape (the base layer's forward does the dequantizing).
+    config._register_custom_module({QuantLinear: _quant_lora_class(peft)})
     with quiet("peft", root=True):
         peft.inject_adapter_in_model(config, model, adapter_name=_PEFT_NAME)
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_" in name)
     return model
+
+
+def _quant_lora_class(peft):
+    class QuantLoraLinear(peft.tuners.lora.Linear):
+        def _get_in_out_features(self, module):
+            return module.in_features, module.out_features
+
+    return QuantLoraLinear
 
 
 _IN_MODEL = re.compile(rf"\.(lora_[AB])\.{_PEFT_NAME}\.")
@@ -216,22 +254,26 @@ def _settings(sec: dict) -> LoraSettings:
 
 
 def lora_model(run: Path, cfg: dict) -> Transformer:
-    """A LoRA run as a model: the base's weights with the run's adapters injected (unmerged)."""
+    """A LoRA run as a model: the base's weights (quantized for qlora) with the run's adapters
+    injected (unmerged)."""
     sec = lora_section(cfg)
     assert sec is not None
-    model = _base_model(check_base(run, sec), cfg["model"])
+    model = _base_model(check_base(run, sec), cfg["model"], _quant(sec))
     inject_lora(model, _settings(sec))
     load_adapter(run, model)
     return model
 
 
 def merged_model(run: Path, cfg: dict) -> Transformer:
-    """A LoRA run as a plain ``Transformer``: ``W + (alpha / r) * B @ A`` for every adapted projection."""
+    """A LoRA run as a plain ``Transformer``: ``W + (alpha / r) * B @ A`` for every adapted projection
+    (for qlora, ``W`` is the dequantized base the adapters were trained over)."""
     sec = lora_section(cfg)
     if sec is None:
         raise RunError(f"'{run}' is not a LoRA run (its config.json has no finetune section with method "
-                       f"lora); nothing to merge")
-    model = _base_model(check_base(run, sec), cfg["model"])
+                       f"lora or qlora); nothing to merge")
+    model = _base_model(check_base(run, sec), cfg["model"], _quant(sec))
+    if _quant(sec) is not None:
+        model = dequantized(model)
     adapters = read_adapter(run)
     scaling = _settings(sec).scaling
     modules = dict(model.named_modules())
@@ -274,7 +316,7 @@ def finetune(spec: FinetuneSpec) -> TrainResult:
     run = Path(spec.run)
     if spec.resume:
         saved = runs.read_config(run, family="lm")
-        method = "lora" if lora_section(saved) else "full"
+        method = lora_section(saved)["method"] if lora_section(saved) else "full"
         if spec.method is not None and spec.method != method:
             raise ConfigError(f"run '{run}' was fine-tuned with --method {method}; resume it with that method")
         if method == "full":
@@ -287,7 +329,7 @@ def finetune(spec: FinetuneSpec) -> TrainResult:
     runs.require_new(run, spec.overwrite)
     if Path(spec.base).resolve() == run.resolve():
         raise ConfigError("--out must be a new run directory, not the base run")
-    if (spec.method or "lora") == "full":
+    if spec.method == "full":
         return train_lm(LMTrainSpec(run=run, data=spec.data, train=spec.train, init_from=Path(spec.base),
                                     overwrite=spec.overwrite, quiet=spec.quiet))
     return _lora(spec, run, None)
@@ -299,13 +341,14 @@ def _lora(spec: FinetuneSpec, run: Path, saved: dict | None) -> TrainResult:
     if saved is not None:  # resume
         sec = lora_section(saved)
         assert sec is not None
-        base, lora = check_base(run, sec), _settings(sec)
+        base, lora, quant = check_base(run, sec), _settings(sec), _quant(sec)
         base_cfg = saved  # its model section is the base's
         data_cfg = DataConfig(**saved["data"]["config"])
         tok = tokmod.load(run / runs.TOKENIZER)
         tcfg = resumed_train_config(saved, tcfg)
     else:
         base, lora = Path(spec.base).resolve(), spec.lora  # type: ignore[arg-type]
+        quant = spec.quant if spec.method == "qlora" else None
         base_cfg = base_config(base)
         data_cfg = spec.data
         tok = tokmod.load(base / runs.TOKENIZER)
@@ -316,7 +359,7 @@ def _lora(spec: FinetuneSpec, run: Path, saved: dict | None) -> TrainResult:
                           f"{base_cfg['model']['vocab_size']}; the base run is damaged")
 
     seed_everything(tcfg.seed)  # the adapters' random init (A) is part of the run's seed
-    model = inject_lora(_base_model(base, base_cfg["model"]), lora)
+    model = inject_lora(_base_model(base, base_cfg["model"], quant), lora)
     task = LoraTask(model, data, tcfg.batch_size, tcfg.eval_batches)  # a too-small corpus fails here
 
     if saved is None:
@@ -328,8 +371,10 @@ def _lora(spec: FinetuneSpec, run: Path, saved: dict | None) -> TrainResult:
             "data": {"config": data_cfg.to_dict(), "fingerprint": data.fingerprint,
                      "train_tokens": data.meta["train_tokens"], "val_tokens": data.meta["val_tokens"],
                      "tokenizer": data.meta["tokenizer"], "bytes_per_token": data.meta["bytes_per_token"]},
-            "finetune": {"method": "lora", "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
-                         "targets": list(lora.targets), "base": str(base), "base_sha256": weights_sha256(base)},
+            "finetune": {"method": "qlora" if quant else "lora", "rank": lora.rank, "alpha": lora.alpha,
+                         "dropout": lora.dropout, "targets": list(lora.targets), "base": str(base),
+                         "base_sha256": weights_sha256(base),
+                         **({"quantization": quant.to_dict()} if quant else {})},
             **{k: base_cfg[k] for k in _CARRIED if base_cfg.get(k) is not None},
         }, dist, spec.overwrite)
         if dist.is_main:
@@ -337,7 +382,8 @@ def _lora(spec: FinetuneSpec, run: Path, saved: dict | None) -> TrainResult:
         dist.barrier()
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"LoRA r={lora.rank} alpha={lora.alpha:g} on {', '.join(lora.targets)}: {trainable:,} trainable "
+    kind = f"QLoRA ({quant.method} base)" if quant else "LoRA"
+    log(f"{kind} r={lora.rank} alpha={lora.alpha:g} on {', '.join(lora.targets)}: {trainable:,} trainable "
         f"parameters over the frozen base {base}")
     return train(task, tcfg, run, resume=saved is not None, quiet=spec.quiet, dist=dist,
                  extra_meta={"lora_base": str(base)})
