@@ -47,3 +47,23 @@ def installed(name: str) -> bool:
         return True
     except ConfigError:
         return False
+
+
+DEFAULT = "smollm2"  # the studio's and the server's text model when none is named
+DEFAULT_RUN = Path("runs/smollm2")  # where `genlab import smollm2` and `make demo` put it
+
+
+def default_text_run(log=print) -> Path | None:
+    """The run of the default foundation model: ``runs/smollm2`` when it exists; else, when the wheel
+    is installed, imported there first (about a minute, once); None when neither (the caller falls
+    back to the from-scratch demo LM)."""
+    if (DEFAULT_RUN / "config.json").is_file():
+        return DEFAULT_RUN
+    if not installed(DEFAULT):
+        return None
+    from genlab.export.gguf import import_gguf
+
+    m = MODELS[DEFAULT]
+    log(f"no text run given: importing {m.summary} into {DEFAULT_RUN} once (about a minute)")
+    import_gguf(locate(DEFAULT), DEFAULT_RUN, context=m.context, log=log)
+    return DEFAULT_RUN

@@ -36,7 +36,7 @@ def test_json_report():
     assert r["memory"]["kv_cache"] == 2 * 12 * 768 * 512 * 2 * 2  # K and V, layers, width, tokens, batch, fp16
     assert {d["key"] for d in r["devices"]} == {d.key for d in CATALOG}
     assert r["settings"] == {"context": 512, "batch": 2, "kv_dtype": "fp16", "hardware": "h100", "mfu": 0.4,
-                             "lora_rank": 16}
+                             "lora_rank": 8}
 
 
 def test_rich_report_shows_every_section():

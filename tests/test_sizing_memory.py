@@ -135,3 +135,26 @@ def test_training_memory_of_genlab_model_matches_real_tensors():
 
 def test_every_kv_dtype_choice_has_a_size():
     assert tuple(memory.KV_BYTES) == KV_DTYPES  # SizeOptions validates against KV_DTYPES
+
+
+@pytest.mark.parametrize("method,group", [("int4", 16), ("int8", 32)])
+def test_genlab_quantized_base_bytes_match_the_quantized_model(method, group):
+    """QLoRA's frozen base: the formula against the tensors genlab's own quantized layers hold."""
+    from genlab.models.quantized import QuantSpec
+    from genlab.optimize.quantize import quantize_model
+
+    cfg = small_lm(vocab_size=96, d_model=64, ffn_hidden=128, n_head=4, n_kv_head=2)
+    model = quantize_model(Transformer(cfg), QuantSpec(method, group))
+    held = [*model.parameters(), *(b for n, b in model.named_buffers() if n.endswith(("qweight", "scale")))]
+    tensors = {t.data_ptr(): t.nbytes for t in held}  # the tied head once; not the RoPE tables
+    predicted = memory.genlab_quant_bytes(count(from_lm_config(cfg, "t")), method, group)
+    assert predicted == pytest.approx(sum(tensors.values()), rel=0.02)
+
+
+def test_genlab_finetune_memory_orders_the_methods():
+    pc = count(from_lm_config(small_lm(vocab_size=512, d_model=128, ffn_hidden=256), "t"))
+    full, lora, qlora = (memory.genlab_finetune(pc, 64, 2, m, rank=8) for m in ("full", "lora", "qlora"))
+    assert full.weights == 4 * pc.total
+    assert full.gradients == 4 * pc.total and full.optimizer == 8 * pc.total
+    assert lora.gradients == qlora.gradients == 4 * memory.lora_params(pc.arch, 8)
+    assert qlora.weights < lora.weights < full.total

@@ -1,4 +1,4 @@
-"""`genlab bench train-lm|generate|runtimes|train-gan|train-vae`."""
+"""`genlab bench train-lm|generate|runtimes|finetune|transfer|train-gan|train-vae`."""
 
 from __future__ import annotations
 
@@ -70,6 +70,45 @@ def bench_runtimes_cmd(
                        f"(decode tok/s = 1 / median step time); each row measured in its own process; parity "
                        f"against PyTorch eager fp32; greedy agreement = identical leading greedy tokens; "
                        f"perplexity on the first 4,096 validation tokens.")
+
+
+@app.command("finetune")
+def bench_finetune_cmd(
+    base: Annotated[Path, typer.Argument(help="LM run to fine-tune (e.g. `genlab import smollm2`'s).")],
+    corpus: Annotated[str, typer.Option(help="Text to fine-tune on (a corpus spec, as --data takes).")] = "fortunes",
+    methods: Annotated[str, typer.Option(help="Comma list of: lora, qlora, full.")] = "lora,qlora,full",
+    steps: Annotated[int, typer.Option(help="Optimizer steps per method.")] = 6,
+    batch_size: Annotated[int, typer.Option(help="Micro-batch (sequences per step).")] = 4,
+    context: Annotated[int, typer.Option(help="Training window in tokens (default: the run's context).")] = None,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """Peak memory (RSS) and tokens/s of LoRA, QLoRA and full fine-tuning, next to `genlab size`'s prediction."""
+    from genlab.bench_finetune import bench_finetune
+
+    bench_finetune(base, corpus, comma_list(methods), steps, batch_size, context, lora_rank,
+                   None if no_write else write)
+
+
+@app.command("transfer")
+def bench_transfer_cmd(
+    base: Annotated[Path, typer.Argument(help="The pretrained LM run (e.g. `genlab import smollm2`'s).")],
+    corpora: Annotated[str, typer.Option(help="Comma list of held-out domains (corpus specs).")] = "fortunes,pystdlib",
+    minutes: Annotated[float, typer.Option(help="Wall-clock training budget of every run.")] = 10.0,
+    methods: Annotated[str, typer.Option(help="Comma list of fine-tuning methods: lora, qlora, full.")] = "lora,qlora,full",
+    batch_size: Annotated[int, typer.Option(help="Micro-batch (sequences per step).")] = 4,
+    context: Annotated[int, typer.Option(help="Training and evaluation window in tokens.")] = 256,
+    eval_bytes: Annotated[int, typer.Option(help="Validation text scored per domain, in bytes.")] = 16_000,
+    scratch: Annotated[str, typer.Option(help="Preset trained from scratch for comparison.")] = "small",
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """Transfer learning: the base as it is, fine-tuned (each method) and a preset from scratch, same budget; bits/byte."""
+    from genlab.bench_finetune import bench_transfer
+
+    bench_transfer(base, comma_list(corpora), minutes, comma_list(methods), batch_size, context, eval_bytes,
+                   scratch, None if no_write else write)
 
 
 @app.command("train-gan")

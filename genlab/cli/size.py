@@ -23,6 +23,7 @@ def size_cmd(
     hardware: Annotated[str, typer.Option(help="Device for training time and comparisons (or 'this').")] = "h100",
     tokens: Annotated[str, typer.Option(help="Training tokens D, e.g. 2e12 or 1.4T (default: Chinchilla-optimal).")] = None,
     mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed for training time.")] = 0.4,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank for the LoRA/QLoRA training rows.")] = 8,
     measure: Annotated[bool, typer.Option("--measure", help="Run decode and training bursts of a genlab LM here; "
                                                             "print predicted against measured.")] = False,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Measure this machine (1-2 s) for the device table.")] = True,
@@ -32,7 +33,8 @@ def size_cmd(
     from genlab.sizing.report import SizeOptions, parse_count
 
     opts = SizeOptions(context=context, batch=batch, kv_dtype=kv_dtype, hardware=hardware,
-                       tokens=parse_count(tokens) if tokens else None, mfu=mfu)
+                       tokens=parse_count(tokens) if tokens else None, mfu=mfu,
+                       lora_rank=lora_rank)
     fmt = "json" if as_json else "markdown" if markdown else "rich"
     size_command(models or [], opts, list_models=list_, fmt=fmt, plot=plot, measure=measure, probe=probe,
                  console=out, log=err)

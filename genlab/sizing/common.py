@@ -26,7 +26,7 @@ class SizeOptions:
     hardware: str = "h100"  # device for training time and the comparison's speed rows
     tokens: float | None = None  # training tokens D; default: Chinchilla-optimal
     mfu: float = 0.4  # model FLOPs utilisation assumed for training time
-    lora_rank: int = 16
+    lora_rank: int = 8  # genlab finetune's default
 
     def validate(self) -> None:
         if self.context is not None and self.context <= 0:
@@ -39,6 +39,8 @@ class SizeOptions:
             raise ConfigError(f"--mfu must be in (0, 1] (got {self.mfu})")
         if self.tokens is not None and self.tokens <= 0:
             raise ConfigError(f"--tokens must be positive (got {self.tokens})")
+        if self.lora_rank < 1:
+            raise ConfigError(f"--lora-rank must be at least 1 (got {self.lora_rank})")
 
 
 def parse_count(text: str) -> float:

@@ -87,6 +87,9 @@ def analyse(a: Architecture, opts: SizeOptions, devices: list[Device] | None = N
                 "lora": memory.lora(pc, ctx, opts.batch, opts.lora_rank).as_dict(),
                 "qlora": memory.lora(pc, ctx, opts.batch, opts.lora_rank, "nf4").as_dict(),
                 "lora_params": memory.lora_params(a, opts.lora_rank),
+                # what `genlab finetune` itself holds on a CPU (fp32), held against measured peaks in BENCHMARKS.md
+                "genlab_fp32": {m: memory.genlab_finetune(pc, ctx, opts.batch, m, opts.lora_rank).as_dict()
+                                for m in ("full", "lora", "qlora")},
             },
         },
         "compute": {
@@ -136,9 +139,15 @@ def _training_section(r: dict) -> Section:
         x = t[key]
         rows.append([label, gib(x["weights"]), gib(x["gradients"]), gib(x["optimizer"]), gib(x["activations"]),
                      gib(x["total"]), gib(x["total_recompute"])])
+    for label, key in (("genlab full, fp32", "full"), (f"genlab LoRA r={s['lora_rank']}, fp32", "lora"),
+                       (f"genlab QLoRA int4 r={s['lora_rank']}", "qlora")):
+        x = t["genlab_fp32"][key]
+        rows.append([label, gib(x["weights"]), gib(x["gradients"]), gib(x["optimizer"]), gib(x["activations"]),
+                     gib(x["total"]), gib(x["total_recompute"])])
     cap = (f"bf16 autocast, fp32 master weights; micro-batch {s['batch']} x {s['context']:,} tokens; activations "
            f"with flash attention (eager attention: {gib(t['activations_eager_attention'])}); 'recompute' = full "
-           f"activation recomputation; LoRA/QLoRA (NF4 base) train {t['lora_params']:,} parameters")
+           f"activation recomputation; LoRA/QLoRA (NF4 base) train {t['lora_params']:,} parameters. 'genlab' rows: "
+           f"`genlab finetune` on a CPU (fp32 throughout; QLoRA over genlab's int4 g32 layers)")
     return Section("Memory: training", ["setup", "weights", "grads", "AdamW", "activ.", "total", "recompute"],
                    rows, cap)
 

@@ -224,6 +224,46 @@ def lora_params(a: Architecture, rank: int) -> int:
     return a.n_layer * rank * (attn + mlp)
 
 
+def genlab_quant_bytes(pc: ParamCount, method: str, group_size: int = 32) -> float:
+    """Bytes of a base quantized with genlab's own weight-only layers (``models.quantized``), as
+    ``genlab finetune --method qlora`` and ``genlab shrink quantize`` hold it: every matrix, the
+    embedding too, as int8 with one fp32 scale per row or int4 with one fp16 scale per
+    ``group_size`` weights; norms fp32. (A tied head shares the embedding's integers.)"""
+    # int8: one fp32 scale per row, ~d_model weights long
+    bits = 8.0 + 32.0 / pc.arch.d_model if method == "int8" else 4.0 + 16.0 / group_size
+    vectors = sum(p.params for p in pc.parts if p.kind == VECTOR)
+    return (pc.total - vectors) * bits / 8 + 4.0 * vectors
+
+
+def genlab_finetune(pc: ParamCount, seq: int, batch: int, method: str, rank: int = 8,
+                    quant: str = "int4", group_size: int = 32) -> TrainingMemory:
+    """What ``genlab finetune`` holds on a CPU, where it trains in fp32 (no autocast):
+
+    - ``full``: fp32 weights, gradients and AdamW moments (16 B per parameter), fp32 activations;
+    - ``lora``: the frozen fp32 base plus the adapters' weights, gradients and moments (16 B each);
+    - ``qlora``: the base as genlab's int4/int8 layers; while a layer runs, its weight exists once more
+      as an fp32 matrix (dequantized in the forward and again in the backward pass), so the largest
+      matrix (the tied LM head, usually) is counted on top.
+
+    Activations use the full fine-tuning estimate for all three: frozen layers skip saving their
+    inputs for weight gradients, but the adapters save theirs (and the dropout masks), roughly as much."""
+    a = pc.arch
+    act = activation_bytes(a, seq, batch, bytes_per=4.0)
+    act_rc = activation_bytes(a, seq, batch, bytes_per=4.0, recompute=True)
+    if method == "full":
+        n = pc.total
+        return TrainingMemory(4.0 * n, 4.0 * n, 8.0 * n, act, act_rc)
+    n_lora = lora_params(a, rank)
+    if method == "lora":
+        base = 4.0 * pc.total
+    elif method == "qlora":
+        largest = a.d_model * max(a.vocab_size, a.ffn_hidden, a.attn_width)
+        base = genlab_quant_bytes(pc, quant, group_size) + 4.0 * largest
+    else:
+        raise ValueError(f"unknown fine-tuning method {method!r}")
+    return TrainingMemory(base + 4.0 * n_lora, 4.0 * n_lora, 8.0 * n_lora, act, act_rc)
+
+
 def lora(pc: ParamCount, seq: int, batch: int, rank: int = 16, base: str = "bf16") -> TrainingMemory:
     """Frozen base weights in format ``base`` ("bf16": LoRA, "nf4": QLoRA); the adapters carry fp32
     weights, gradients and AdamW moments (16 B each). Activations are those of full fine-tuning:

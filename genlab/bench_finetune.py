@@ -1,0 +1,195 @@
+"""Fine-tuning figures for BENCHMARKS.md: peak memory and speed of LoRA, QLoRA and full fine-tuning
+next to ``genlab size``'s prediction (`genlab bench finetune`), and transfer learning against
+training from scratch for the same wall-clock budget (`genlab bench transfer`).
+
+Every training run is a separate ``genlab`` process, so its peak resident memory (``ru_maxrss`` from
+``wait4``) is its own; a process that only imports what fine-tuning imports gives the runtime's
+share (Python, torch, peft), which the prediction does not cover.
+
+Bits per byte are compared on the same text: the first ``eval_bytes`` of each corpus's validation
+split (the split depends on the corpus alone, so every tokenizer sees the same documents), cut at
+a token boundary, scored with non-overlapping windows; bytes are those of the scored tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from genlab.bench import append_section, markdown_table, show_table
+
+GENLAB = [sys.executable, "-m", "genlab"]
+_IMPORTS = "import torch, peft, genlab.train.finetune, genlab.train.lm"
+
+
+def run_measured(cmd: list[str], log_path: Path) -> tuple[int, int, float]:
+    """Run ``cmd`` with output to ``log_path``; (exit code, peak RSS bytes, seconds)."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, unlike RUSAGE_CHILDREN
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss * 1024, time.perf_counter() - t0
+
+
+def _check(code: int, log_path: Path, what: str) -> None:
+    if code != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"{what} failed (exit {code}):\n" + "\n".join(tail))
+
+
+def _throughput(run: Path) -> float:
+    """Training tokens/s over the run: the mean of the logged rates after the first (warm-up) step."""
+    with open(run / "metrics.csv") as f:
+        rates = [float(r["throughput"]) for r in csv.DictReader(f) if r["split"] == "train" and r["throughput"]]
+    return float(np.mean(rates[1:] if len(rates) > 1 else rates)) if rates else float("nan")
+
+
+def _predicted(base: Path, context: int, batch: int, rank: int) -> dict[str, float]:
+    from genlab import runs
+    from genlab.sizing import arch as sizing_arch
+    from genlab.sizing import memory
+    from genlab.sizing.counts import count
+
+    a = sizing_arch.read_run(runs.read_config(base), base.name, str(base))
+    pc = count(a)
+    return {m: memory.genlab_finetune(pc, context, batch, m, rank).total for m in ("full", "lora", "qlora")}
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def bench_finetune(base: Path, corpus: str, methods: list[str], steps: int, batch: int, context: int | None,
+                   rank: int = 8, write: Path | None = None) -> list[dict]:
+    """Peak RSS and tokens/s of ``genlab finetune`` per method, next to the prediction."""
+    from genlab import runs
+
+    base = Path(base)
+    ctx = context or runs.read_config(base)["model"]["context"]
+    predicted = _predicted(base, ctx, batch, rank)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="genlab-bench-ft-") as tmp:
+        tmp = Path(tmp)
+        code, runtime_rss, _ = run_measured([sys.executable, "-c", _IMPORTS], tmp / "imports.log")
+        _check(code, tmp / "imports.log", "importing torch and peft")
+        for method in methods:
+            run = tmp / method
+            cmd = GENLAB + ["finetune", str(base), "--data", corpus, "--method", method, "--out", str(run),
+                            "--steps", str(steps), "--batch-size", str(batch), "--eval-every", str(10**6),
+                            "--checkpoint-every", str(10**6), "--log-every", "1", "--device", "cpu", "--quiet"]
+            if context:
+                cmd += ["--context", str(context)]
+            if method != "full":
+                cmd += ["--lora-rank", str(rank)]
+            code, peak, seconds = run_measured(cmd, tmp / f"{method}.log")
+            _check(code, tmp / f"{method}.log", f"genlab finetune --method {method}")
+            rows.append({"method": method, "predicted": predicted[method], "peak_rss": peak,
+                         "runtime_rss": runtime_rss, "tok_s": _throughput(run), "seconds": seconds})
+    headers = ["method", "genlab size predicts", "peak RSS", "peak RSS less runtime", "measured / predicted",
+               "tokens/s"]
+    table = [[r["method"], _gib(r["predicted"]), _gib(r["peak_rss"]), _gib(r["peak_rss"] - r["runtime_rss"]),
+              f"{(r['peak_rss'] - r['runtime_rss']) / r['predicted']:.2f}", f"{r['tok_s']:.0f}"] for r in rows]
+    show_table(f"genlab finetune: {steps} steps, micro-batch {batch} x {ctx} tokens", headers, table)
+    command = (f"genlab bench finetune {base} --corpus {corpus} --steps {steps} --batch-size {batch}"
+               + (f" --context {context}" if context else ""))
+    append_section(write, f"Fine-tuning memory and speed ({base.name}, {batch} x {ctx} tokens, LoRA r={rank})",
+                   command, markdown_table(headers, table),
+                   f"Runtime = the peak RSS of a process that only imports torch, peft and genlab's trainer "
+                   f"({_gib(rows[0]['runtime_rss']) if rows else '-'}); the prediction covers weights, gradients, "
+                   f"AdamW moments and saved activations (fp32, as genlab trains on CPUs), not the allocator's "
+                   f"slack or the runtime.")
+    return rows
+
+
+# ---- transfer learning ---------------------------------------------------------------------------
+
+
+def val_prefix(run: Path, corpus: str, eval_bytes: int) -> tuple[np.ndarray, int]:
+    """The first tokens of ``corpus``'s validation split under ``run``'s tokenizer, up to
+    ``eval_bytes`` of text, and the exact bytes they decode to."""
+    from genlab import runs
+    from genlab.config import DataConfig
+    from genlab.data import prepare as prep
+    from genlab.data import tokenizer as tokmod
+
+    tok = tokmod.load(Path(run) / runs.TOKENIZER)
+    data = prep.prepare(DataConfig(corpus=[corpus]), tok=tok, log=lambda m: None)
+    val = data.tokens("val")
+    # bytes per token vary; grow the prefix until it covers eval_bytes of text
+    n = min(len(val), max(64, int(eval_bytes / max(data.meta["bytes_per_token"], 0.5))))
+    while True:
+        nbytes = len(tok.decode(val[:n].tolist(), skip_special_tokens=False).encode())
+        if nbytes >= eval_bytes or n >= len(val):
+            return np.asarray(val[:n]), nbytes
+        n = min(len(val), int(n * eval_bytes / max(nbytes, 1)) + 16)
+
+
+def bits_per_byte(run: Path, corpus: str, eval_bytes: int, context: int) -> float:
+    import torch
+
+    from genlab.runtimes.registry import open_lm
+    from genlab.train.lm import token_nll
+
+    tokens, nbytes = val_prefix(run, corpus, eval_bytes)
+    model = open_lm(run, device="cpu").runner
+    with torch.no_grad():
+        nll, _ = token_nll(model, tokens, min(context, model.cfg.context), batch_size=4)
+    return nll / math.log(2) / nbytes
+
+
+def bench_transfer(base: Path, corpora: list[str], minutes: float, methods: list[str], batch: int, context: int,
+                   eval_bytes: int, scratch_preset: str = "small", write: Path | None = None) -> list[dict]:
+    """For each corpus: the base as it is, each fine-tuning method and ``scratch_preset`` trained
+    from scratch, each trained for ``minutes`` of wall clock; validation bits/byte of each."""
+    base = Path(base)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="genlab-bench-transfer-") as tmp:
+        tmp = Path(tmp)
+        for corpus in corpora:
+            rows.append({"corpus": corpus, "model": f"{base.name} as it is", "seconds": 0.0,
+                         "bpb": bits_per_byte(base, corpus, eval_bytes, context), "tokens": 0})
+            common = ["--minutes", str(minutes), "--batch-size", str(batch), "--eval-every", str(10**6),
+                      "--eval-batches", "1", "--checkpoint-every", str(10**6), "--device", "cpu", "--quiet"]
+            jobs = [(m, GENLAB + ["finetune", str(base), "--data", corpus, "--method", m, "--context", str(context)])
+                    for m in methods]
+            jobs.append((f"{scratch_preset} from scratch",
+                         GENLAB + ["train", "lm", "--preset", scratch_preset, "--data", corpus]))
+            for name, cmd in jobs:
+                run = tmp / f"{corpus}-{name.replace(' ', '-')}"
+                code, _, seconds = run_measured(cmd + ["--out", str(run)] + common, tmp / f"{run.name}.log")
+                _check(code, tmp / f"{run.name}.log", " ".join(cmd[2:4]) + f" ({name})")
+                tokens = _trained_tokens(run)
+                rows.append({"corpus": corpus, "model": name, "seconds": seconds, "tokens": tokens,
+                             "bpb": bits_per_byte(run, corpus, eval_bytes, context)})
+    headers = ["corpus", "model", "wall time (train)", "tokens trained", "val bits/byte"]
+    table = [[r["corpus"], r["model"], f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "-",
+              f"{r['tokens']:,}" if r["tokens"] else "-", f"{r['bpb']:.3f}"] for r in rows]
+    show_table(f"transfer learning: {minutes:g} min per run", headers, table)
+    command = (f"genlab bench transfer {base} --corpora {','.join(corpora)} --minutes {minutes:g} "
+               f"--batch-size {batch} --context {context} --eval-bytes {eval_bytes}")
+    append_section(write, f"Transfer learning vs training from scratch ({minutes:g} min each)", command,
+                   markdown_table(headers, table),
+                   f"Bits/byte on the first {eval_bytes:,} bytes of each corpus's validation split (the same "
+                   f"documents for every tokenizer), windows of {context} tokens (the scratch model's own "
+                   f"context if smaller). Wall time includes loading and data preparation.")
+    return rows
+
+
+def _trained_tokens(run: Path) -> int:
+    from genlab import runs
+
+    cfg = runs.read_config(run)
+    t = cfg["train"]
+    with open(run / "metrics.csv") as f:
+        steps = max((int(r["step"]) for r in csv.DictReader(f) if r["split"] == "train"), default=0)
+    window = cfg.get("finetune", {}).get("context") or t.get("context") or cfg["model"]["context"]
+    return steps * t["batch_size"] * t.get("grad_accum", 1) * window
