@@ -1,44 +1,26 @@
 """Foundation models from GGUF files: `genlab import gguf` / `import smollm2`, chat templates, `genlab chat`.
 
-The tiny GGUF is made here: a trained tiny run with a chat template, exported by genlab's own GGUF
-writer (llama.cpp's layout: q/k rows interleaved per head), then imported back."""
+The tiny GGUF (tests/chat_helpers.py): a trained tiny run with a chat template, exported by genlab's
+own GGUF writer (llama.cpp's layout: q/k rows interleaved per head), then imported back."""
 
-import json
-import shutil
 import subprocess
 
 import pytest
 import torch
 
 import genlab
-from genlab import runs
 from genlab.export.common import ExportError
-from genlab.export.gguf import export_gguf, import_gguf
+from genlab.export.gguf import import_gguf
 from genlab.foundation import installed, locate
 
+from .chat_helpers import TEMPLATE, tiny_gguf  # noqa: F401  (fixture)
 from .conftest import GENLAB
 
 pytest.importorskip("gguf")
 pytest.importorskip("transformers")
 
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant:{% endif %}")
 
-
-@pytest.fixture(scope="module")
-def tiny_gguf(trained_run, tmp_path_factory):
-    work = tmp_path_factory.mktemp("gguf-import")
-    run = work / "instruct"
-    shutil.copytree(trained_run, run)
-    cfg = json.loads((run / runs.CONFIG).read_text())
-    cfg["chat_template"] = TEMPLATE
-    (run / runs.CONFIG).write_text(json.dumps(cfg))
-    path = work / "tiny-f16.gguf"
-    export_gguf(run, path, "f16", log=lambda m: None)
-    return run, path
-
-
-def test_import_gguf_round_trips_weights_tokenizer_and_template(tiny_gguf, tmp_path):
+def test_import_gguf_round_trips_weights_tokenizer_and_template(tiny_gguf, tmp_path):  # noqa: F811
     source, path = tiny_gguf
     lines = []
     report = import_gguf(path, tmp_path / "imported", log=lines.append)
@@ -57,7 +39,7 @@ def test_import_gguf_round_trips_weights_tokenizer_and_template(tiny_gguf, tmp_p
     assert lm.eot == ref.eot
 
 
-def test_chat_uses_the_template_and_the_cli_answers_once(tiny_gguf, tmp_path):
+def test_chat_uses_the_template_and_the_cli_answers_once(tiny_gguf, tmp_path):  # noqa: F811
     _, path = tiny_gguf
     import_gguf(path, tmp_path / "chat", log=lambda m: None)
     lm = genlab.load(tmp_path / "chat", device="cpu")
@@ -73,7 +55,7 @@ def test_chat_uses_the_template_and_the_cli_answers_once(tiny_gguf, tmp_path):
                                        top_p=0.9, repetition_penalty=1.1).strip()
 
 
-def test_a_conversation_drops_its_oldest_turns_when_the_context_fills(tiny_gguf, tmp_path):
+def test_a_conversation_drops_its_oldest_turns_when_the_context_fills(tiny_gguf, tmp_path):  # noqa: F811
     from genlab.generate.chat import Conversation
 
     _, path = tiny_gguf
@@ -86,7 +68,7 @@ def test_a_conversation_drops_its_oldest_turns_when_the_context_fills(tiny_gguf,
     assert len(lm.encode(lm.chat_prompt(talk.messages())[0])) <= lm.config.context
 
 
-def test_bad_gguf_inputs_are_one_line_and_write_nothing(tiny_gguf, tmp_path):
+def test_bad_gguf_inputs_are_one_line_and_write_nothing(tiny_gguf, tmp_path):  # noqa: F811
     import gguf
 
     _, path = tiny_gguf

@@ -7,6 +7,8 @@
     POST /v1/audio/speech                      wav
     POST /v1/studio/jobs, GET /v1/studio/jobs, GET|DELETE /v1/studio/jobs/<id>,
     GET  /v1/studio/jobs/<id>/events (SSE), /bundle (zip), /files/<asset>
+    POST /v1/conversations, GET /v1/conversations, GET|PATCH|DELETE /v1/conversations/<id>,
+    POST /v1/conversations/<id>/messages, GET /v1/chat/info   the chat view's saved conversations
     GET  /                                     the web page (static files, no data in them)
 
 Safety: an optional API key (Bearer) on everything but /health and the static page; request
@@ -24,6 +26,7 @@ A request naming a model this server does not have is a 404 ``model_not_found``.
     images.py   /v1/images/generations, /v1/assets/<name>
     speech.py   /v1/audio/speech
     jobs.py     /v1/studio/jobs...
+    conversations.py  /v1/conversations..., /v1/chat/info (the page's chat view)
     page.py     /, /health, /static
     thread.py   ServerThread: a real server on 127.0.0.1 in a thread (tests, benchmarks)
 """

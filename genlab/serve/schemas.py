@@ -96,3 +96,31 @@ class JobBody(_Body):
     narrate: bool = True
     voice: str = "joe"
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
+
+
+class ChatSettings(_Body):
+    """A conversation's sampling settings, as the chat view sends them with each turn."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_tokens: Annotated[int, Field(ge=1)] = 256
+    seed: Seed | None = None  # None: a new random reply each time
+
+
+SystemPrompt = Annotated[str, Field(max_length=20_000)]
+
+
+class ConversationBody(_Body):
+    system: SystemPrompt = ""
+    settings: ChatSettings = Field(default_factory=ChatSettings)
+
+
+class ConversationPatch(_Body):
+    system: SystemPrompt | None = None
+    settings: ChatSettings | None = None
+
+
+class ConversationMessage(_Body):
+    # The system prompt is the conversation's own field, so a stored turn is the user's or the model's.
+    role: Literal["user", "assistant"]
+    content: Annotated[str, Field(max_length=100_000)]  # an empty reply is a real outcome, kept as such

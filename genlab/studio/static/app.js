@@ -27,8 +27,9 @@ async function blobUrl(path) {
   return url;
 }
 
-async function* events(path) {
-  const res = await api(path);
+// The JSON events of a server-sent-events response, as they arrive (the chat view reads its replies
+// with this too); OpenAI streams end with "data: [DONE]".
+async function* sseEvents(res) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buf = "";
@@ -40,9 +41,14 @@ async function* events(path) {
     while ((cut = buf.indexOf("\n\n")) >= 0) {
       const chunk = buf.slice(0, cut); buf = buf.slice(cut + 2);
       const data = chunk.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (data === "[DONE]") return;
       if (data) yield JSON.parse(data);
     }
   }
+}
+
+async function* events(path) {
+  yield* sseEvents(await api(path));
 }
 
 function showStages(status = {}) {
