@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from genlab import runs
 from genlab.config import DataConfig, TrainConfig, lm_config
+from genlab.data import conversations as conv
 from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
 from genlab.device import seed_everything
@@ -137,6 +138,9 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
         runs.require_new(run, spec.overwrite)
         data_cfg = spec.data
         tok = None
+        if conv.is_chat(data_cfg.corpus) and spec.init_from is None:
+            raise ConfigError("chat JSONL data fine-tunes a run with a chat template: "
+                              "genlab finetune BASE --data FILE.jsonl --method full --out RUN")
         if spec.init_from is None:
             lm_config(spec.preset, **spec.model_overrides)  # bad settings fail before any data work
         base_cfg: LMConfig | None = None
@@ -151,8 +155,12 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
                     raise ConfigError(f"--init-from keeps the parent's architecture; cannot change "
                                       f"{', '.join(sorted(changed))}")
 
-    # Rank 0 prepares (or finds cached) data; the other ranks then read the cache it wrote.
-    data = dist.main_first(lambda: prep.prepare(data_cfg, tok=tok, log=log))
+    chat = conv.is_chat(data_cfg.corpus)  # conversations: the loss on the assistant's tokens (train/chat.py)
+    if chat:  # rendered with the parent's chat template (a resumed run carries it), not cached
+        data = conv.prepare_chat(data_cfg, run if spec.resume else Path(spec.init_from), log=log,
+                                 expect=saved["data"]["fingerprint"] if spec.resume else None)
+    else:  # Rank 0 prepares (or finds cached) data; the other ranks then read the cache it wrote.
+        data = dist.main_first(lambda: prep.prepare(data_cfg, tok=tok, log=log))
 
     if not spec.resume:
         vocab = data.meta["vocab_size"]
@@ -176,6 +184,7 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
                      "train_tokens": data.meta["train_tokens"], "val_tokens": data.meta["val_tokens"],
                      "tokenizer": data.meta["tokenizer"], "bytes_per_token": data.meta["bytes_per_token"]},
             "init_from": str(spec.init_from) if spec.init_from else None,
+            **({k: parent[k] for k in ("eos_token", "chat_template") if parent.get(k)} if chat else {}),
         }, dist, spec.overwrite)
         if dist.is_main:
             shutil.copyfile(data.tokenizer_path, run / runs.TOKENIZER)
@@ -185,5 +194,10 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
     if spec.init_from is not None and not spec.resume:
         runs.load_weights(spec.init_from, model)
         log(f"initialised from {spec.init_from}")
-    task = LMTask(model, data, tcfg.batch_size, tcfg.eval_batches)
+    if chat:
+        from genlab.train.chat import ChatTask
+
+        task = ChatTask(model, data, tcfg.batch_size, tcfg.eval_batches)
+    else:
+        task = LMTask(model, data, tcfg.batch_size, tcfg.eval_batches)
     return train(task, tcfg, run, resume=spec.resume, quiet=spec.quiet, dist=dist)
