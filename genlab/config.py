@@ -65,6 +65,7 @@ class TrainConfig(JsonConfig):
     device: str = "auto"
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast) | float16
     compile: bool = False
+    fsdp: bool = False  # under torchrun: shard the model with FSDP2 (fully_shard) instead of DDP
     log_every: int = 10
 
     def validate(self) -> None:

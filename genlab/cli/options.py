@@ -46,6 +46,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16 (autocast).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
+FsdpOpt = Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard weights, gradients and optimizer state "
+                                                      "across the processes (FSDP2) instead of copying them (DDP).")]
 ScaleOpt = Annotated[int, typer.Option(help="Enlarge pixels by this factor.")]
 LabelOpt = Annotated[str, typer.Option(help="Class name (e.g. Dress) or index.")]
 JsonOpt = Annotated[bool, typer.Option("--json")]
@@ -85,6 +87,7 @@ TRAIN_FLAGS = {
     "grad_clip": "grad_clip", "eval_every": "eval_every", "eval_batches": "eval_batches",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "log_every": "log_every",
     "seed": "seed", "device": "device", "dtype": "dtype", "compile": "compile",
+    "fsdp": "fsdp",
 }
 
 

@@ -215,10 +215,11 @@ def _quant_lora_class(peft):
 _IN_MODEL = re.compile(rf"\.(lora_[AB])\.{_PEFT_NAME}\.")
 
 
-def adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors, named ``<module>.lora_A.weight`` / ``<module>.lora_B.weight``."""
-    return {_IN_MODEL.sub(r".\1.", name): t.detach().to("cpu").contiguous()
-            for name, t in runs.unwrap(model).state_dict().items() if ".lora_" in name}
+def adapter_weights(model: torch.nn.Module, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+    """The adapter tensors, named ``<module>.lora_A.weight`` / ``<module>.lora_B.weight``, from the model
+    or from its full ``state_dict`` (what the trainer gathers from an FSDP-sharded model)."""
+    sd = runs.unwrap(model).state_dict() if state_dict is None else state_dict
+    return {_IN_MODEL.sub(r".\1.", name): t.detach().to("cpu").contiguous() for name, t in sd.items() if ".lora_" in name}
 
 
 def read_adapter(run: Path) -> dict[str, torch.Tensor]:
@@ -296,8 +297,9 @@ class LoraTask(LMTask):
     """The LM objective on a model whose only trainable parameters are LoRA adapters; its checkpoints
     hold the adapters alone (the trainer calls ``save_checkpoint`` / ``load_weights``)."""
 
-    def save_checkpoint(self, run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None) -> None:
-        runs.save_checkpoint(run, model, state, meta, tensors=adapter_weights(model), weights=ADAPTER)
+    def save_checkpoint(self, run: Path, model: torch.nn.Module, state: dict, meta: dict | None = None,
+                        tensors: dict | None = None) -> None:
+        runs.save_checkpoint(run, model, state, meta, tensors=adapter_weights(model, tensors), weights=ADAPTER)
 
     def load_weights(self, run: Path, model: torch.nn.Module) -> None:
         load_adapter(run, model)

@@ -1,10 +1,10 @@
 """The one training loop, shared by every model family.
 
 A family plugs in through a ``Task``: it owns the model, draws batches, computes the loss, evaluates
-and writes samples. The trainer owns everything else: device and autocast, DDP under torchrun,
-AdamW with decay/no-decay groups, warmup + cosine schedule, gradient accumulation and clipping,
-step or wall-clock budgets, metrics (CSV + TensorBoard), atomic checkpoints, exact resume, a
-progress bar, and a clean stop on Ctrl-C / SIGTERM.
+and writes samples. The trainer owns everything else: device and autocast, DDP under torchrun (or,
+with ``fsdp``, FSDP2 sharding: see ``genlab.train.fsdp``), AdamW with decay/no-decay groups, warmup +
+cosine schedule, gradient accumulation and clipping, step or wall-clock budgets, metrics (CSV +
+TensorBoard), atomic checkpoints, exact resume, a progress bar, and a clean stop on Ctrl-C / SIGTERM.
 
 Exact resume: batches are drawn from an RNG seeded by (seed, step, micro-step, rank), and the
 checkpoint holds the weights, the optimizer, the step and the torch RNG state, so a resumed run
@@ -69,7 +69,8 @@ class Task(Protocol):
 def clip_gradients(params, max_norm: float) -> torch.Tensor:
     """Clip the gradients' total norm to ``max_norm`` and return the norm before clipping.
     ``max_norm`` 0 means no clipping: the norm is only measured (for the log)."""
-    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
 
 
 @dataclass
@@ -155,10 +156,10 @@ def begin(cfg: TrainConfig | None, quiet: bool) -> tuple[Dist, Callable[[str], N
 
 
 def resumed_train_config(saved: dict, requested: TrainConfig) -> TrainConfig:
-    """A resumed run keeps its own training settings; only the budget, device and compile change."""
+    """A resumed run keeps its own training settings; only the budget, device, compile and fsdp change."""
     cfg = TrainConfig.from_dict(saved["train"])
     cfg.steps, cfg.minutes = requested.steps, requested.minutes
-    cfg.device, cfg.compile = requested.device, requested.compile
+    cfg.device, cfg.compile, cfg.fsdp = requested.device, requested.compile, requested.fsdp
     return cfg
 
 
@@ -276,21 +277,33 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
 
     model = task.model.to(device)
     stepping = hasattr(task, "train_step")  # the task steps its own optimizers (see SteppingTask)
+    fsdp = cfg.fsdp and dist.enabled
+    if fsdp and stepping:
+        raise ConfigError(f"--fsdp supports single-optimizer training (lm, finetune), not {task.family}")
+    # A task may keep its own weights file: ``save_checkpoint(run, model, state, meta, tensors=None)`` and
+    # ``load_weights(run, model)`` in place of the run's model.safetensors (a LoRA run stores its adapters).
+    # ``tensors``: the model's full state dict when the trainer gathered it (FSDP); None: read the model.
+    save_checkpoint = getattr(task, "save_checkpoint", runs.save_checkpoint)
+    load_weights = getattr(task, "load_weights", runs.load_weights)
+    if resume:
+        load_weights(run, model)  # into the whole model, before any sharding
+    if fsdp:
+        from genlab.train import fsdp as fsdp_mod
+
+        fsdp_mod.shard(model)  # in place; the optimizer must see the sharded parameters
     optimizers: dict[str, torch.optim.Optimizer] = task.optimizers(model, cfg) if stepping else {
         "optimizer": torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                        foreach=device.type != "mps")}
     optimizer = optimizers.get("optimizer")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    # A task may keep its own weights file: ``save_checkpoint(run, model, state, meta)`` and
-    # ``load_weights(run, model)`` in place of the run's model.safetensors (a LoRA run stores its adapters).
-    save_checkpoint = getattr(task, "save_checkpoint", runs.save_checkpoint)
-    load_weights = getattr(task, "load_weights", runs.load_weights)
     step, elapsed, units_seen = 0, 0.0, 0
     if resume:
-        load_weights(run, model)
         state = runs.load_train_state(run)
         for name, opt in optimizers.items():
-            opt.load_state_dict(state[name])
+            if fsdp:
+                fsdp_mod.load_optimizer_state(model, opt, state[name])
+            else:
+                opt.load_state_dict(state[name])
         step, elapsed, units_seen = int(state["step"]), float(state["elapsed"]), int(state["units_seen"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
@@ -301,7 +314,7 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
     train_model: torch.nn.Module = model
     if cfg.compile:
         train_model = torch.compile(model)
-    if dist.enabled:
+    if dist.enabled and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # A stepping task's passes leave parts unused (a GAN's D pass runs G without gradients).
@@ -312,10 +325,13 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
         if dist.is_main and not quiet:
             console.print(msg)
 
+    if cfg.fsdp and not dist.enabled:
+        log("--fsdp: a single process, nothing to shard; training on one device "
+            "(launch with torchrun --nproc-per-node N to shard)")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[bold]{task.family}[/] model: {n_params:,} parameters on {device}"
         f"{' (' + str(amp_dtype).replace('torch.', '') + ' autocast)' if amp_dtype else ''}"
-        f"{f', {dist.world_size} processes' if dist.enabled else ''}"
+        f"{f', {dist.world_size} processes' if dist.enabled else ''}{' (FSDP)' if fsdp else ''}"
         f"{f', resuming at step {step}' if resume else ''}")
 
     metrics = MetricsLog(run, step if resume else None, task.metric_names) if dist.is_main else None
@@ -330,27 +346,41 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
         return max(parts)
 
     def checkpoint() -> None:
+        # FSDP: every rank takes part in gathering the full (unsharded) state; rank 0 receives it.
+        weights = fsdp_mod.full_weights(model) if fsdp else None
+        opt_states = {name: fsdp_mod.full_optimizer_state(model, opt) if fsdp else opt.state_dict()
+                      for name, opt in optimizers.items()}
         if not dist.is_main:
             return
-        state = {"step": step, "elapsed": elapsed, "units_seen": units_seen,
-                 **{name: opt.state_dict() for name, opt in optimizers.items()}, "rng_cpu": torch.get_rng_state()}
+        state = {"step": step, "elapsed": elapsed, "units_seen": units_seen, **opt_states,
+                 "rng_cpu": torch.get_rng_state()}
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
-        save_checkpoint(run, model, state, {"family": task.family, **(extra_meta or {})})
+        meta = {"family": task.family, **(extra_meta or {})}
+        save_checkpoint(run, model, state, meta, **({"tensors": weights} if fsdp else {}))
 
     def evaluate() -> dict[str, float]:
         model.eval()
         with torch.no_grad(), autocast(device, amp_dtype):
             values = task.evaluate(model)
-        if cfg.sample_every == 0 or step % cfg.sample_every == 0:
+        if (cfg.sample_every == 0 or step % cfg.sample_every == 0) and not fsdp:  # FSDP: no samples
             with torch.no_grad():
                 task.sample(model, step, run / "samples")
         model.train()
         return values
 
     done = lambda: progress_fraction() >= 1.0  # noqa: E731
+
+    def stopping(here: bool) -> bool:
+        """Whether any rank got Ctrl-C / SIGTERM, so that every rank saves (and stops) at the same step."""
+        if not dist.enabled:
+            return here
+        flag = torch.tensor(float(here), device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     result = TrainResult(run=run, step=step, train_loss=float("nan"))
     val: dict[str, float] = {}
     progress = Progress(
@@ -389,7 +419,8 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
                     for micro in range(cfg.grad_accum):
                         batch = task.train_batch(batch_rng(cfg.seed, step, micro, dist.rank))
                         last = micro == cfg.grad_accum - 1
-                        sync = train_model.no_sync() if dist.enabled and not last else _null()
+                        # FSDP reduce-scatters every micro-batch (skipping that would keep unsharded gradients).
+                        sync = train_model.no_sync() if dist.enabled and not fsdp and not last else _null()
                         with sync, autocast(device, amp_dtype):
                             loss, units = task.loss(train_model, batch)
                         scaler.scale(loss / cfg.grad_accum).backward()
@@ -430,11 +461,11 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
 
                 t_pause = time.perf_counter()  # evaluation and checkpoints do not count as throughput
                 if step % cfg.eval_every == 0 or done():
-                    if dist.is_main:
+                    if dist.is_main or fsdp:  # a sharded model's forward needs every rank
                         val = evaluate()
                         if metrics:
                             metrics.log(step, "val", time_s=round(elapsed, 3), **val)
-                        if not quiet:
+                        if dist.is_main and not quiet:
                             progress.console.print(
                                 f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
                     dist.barrier()
@@ -442,7 +473,7 @@ def train(task: Task | SteppingTask, cfg: TrainConfig, run: Path, *, resume: boo
                     checkpoint()
                     dist.barrier()
                 window_t += time.perf_counter() - t_pause
-                if stop.signal is not None:
+                if stopping(stop.signal is not None):
                     checkpoint()
                     raise Interrupted(f"stopped at step {step}; checkpoint saved in {run} "
                                       f"(continue with --resume)")
