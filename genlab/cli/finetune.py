@@ -75,7 +75,8 @@ def finetune_cmd(
     overwrite: OverwriteRunOpt = False,
     quiet: QuietOpt = False,
 ):
-    """Fine-tune an LM run on new text: LoRA adapters (through peft) or every weight; --merge a LoRA run."""
+    """Fine-tune an LM run on new text, or on chat .jsonl (the loss on the assistant's replies): LoRA adapters
+    (through peft) or every weight; --merge a LoRA run."""
     args = dict(locals())
     from genlab.train import finetune as ft
 

@@ -45,6 +45,7 @@ from safetensors.torch import load_file
 import genlab
 from genlab import runs
 from genlab.config import DataConfig, TrainConfig, write_json
+from genlab.data import conversations as conv
 from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
 from genlab.device import seed_everything
@@ -52,6 +53,7 @@ from genlab.errors import ConfigError, RunError
 from genlab.models.quantized import QuantLinear, QuantSpec, check_shapes, dequantized
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.quiet import quiet
+from genlab.train.chat import ChatTask
 from genlab.train.lm import LMTask, LMTrainSpec, train_lm
 from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
@@ -308,6 +310,10 @@ class LoraTask(LMTask):
             raise RunError(f"{run}: adapters (step {adapter_step}) and train state (step {state_step}) disagree")
 
 
+class LoraChatTask(ChatTask, LoraTask):
+    """Chat JSONL data (the loss on the assistant's tokens) with LoRA checkpoints."""
+
+
 # ---- fine-tuning and merging -----------------------------------------------------------------------------
 
 _CARRIED = ("eos_token", "chat_template", "source")  # what chat and generation read from the base's config
@@ -355,14 +361,19 @@ def _lora(spec: FinetuneSpec, run: Path, saved: dict | None) -> TrainResult:
         data_cfg = spec.data
         tok = tokmod.load(base / runs.TOKENIZER)
 
-    data = dist.main_first(lambda: prep.prepare(data_cfg, tok=tok, log=log))
+    chat = conv.is_chat(data_cfg.corpus)  # conversations, rendered with the base's template (carried by the run)
+    if chat:
+        data = conv.prepare_chat(data_cfg, run if saved else base, log=log,
+                                 expect=saved["data"]["fingerprint"] if saved else None)
+    else:
+        data = dist.main_first(lambda: prep.prepare(data_cfg, tok=tok, log=log))
     if data.meta["vocab_size"] != base_cfg["model"]["vocab_size"]:
         raise ConfigError(f"the base's tokenizer has {data.meta['vocab_size']} tokens but its model "
                           f"{base_cfg['model']['vocab_size']}; the base run is damaged")
 
     seed_everything(tcfg.seed)  # the adapters' random init (A) is part of the run's seed
     model = inject_lora(_base_model(base, base_cfg["model"], quant), lora)
-    task = LoraTask(model, data, tcfg.batch_size, tcfg.eval_batches)  # a too-small corpus fails here
+    task = (LoraChatTask if chat else LoraTask)(model, data, tcfg.batch_size, tcfg.eval_batches)  # a too-small corpus fails here
 
     if saved is None:
         create_run(run, {
