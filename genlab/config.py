@@ -66,11 +66,14 @@ class TrainConfig(JsonConfig):
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast) | float16
     compile: bool = False
     fsdp: bool = False  # under torchrun: shard the model with FSDP2 (fully_shard) instead of DDP
+    window: int | None = None  # LM training/eval windows in tokens; None = the model's context
     log_every: int = 10
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
             raise ConfigError("give a training budget: --steps N and/or --minutes M")
+        if self.window is not None and self.window < 2:
+            raise ConfigError(f"--context must be at least 2 tokens (got {self.window})")
         if self.steps is not None and self.steps <= 0:
             raise ConfigError(f"--steps must be a positive number (got {self.steps})")
         if self.minutes is not None and self.minutes <= 0:

@@ -238,3 +238,29 @@ def test_cli_finetune_merge_and_errors(tmp_path, base, new_text):
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], bad.stderr
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_shorter_training_window_keeps_the_models_context(tmp_path, base, new_text, monkeypatch):
+    """--context of finetune: the base is fine-tuned on shorter windows; the run keeps the base's context."""
+    spec = lora_spec(tmp_path / "w", base, new_text, steps=3)
+    spec.train.window = 16
+    seen = []
+    real = ft.LoraTask.loss
+    spec_ctx = json.loads((base / runs.CONFIG).read_text())["model"]["context"]
+
+    def loss(self, model, batch):
+        seen.append(batch[0].shape[1])
+        return real(self, model, batch)
+
+    monkeypatch.setattr(ft.LoraTask, "loss", loss)
+    ft.finetune(spec)
+    monkeypatch.undo()
+    assert set(seen) == {16}
+    cfg = json.loads((tmp_path / "w" / runs.CONFIG).read_text())
+    assert cfg["train"]["window"] == 16 and cfg["model"]["context"] == spec_ctx
+    for method in ("lora", "full"):
+        too_long = lora_spec(tmp_path / "x", base, new_text, steps=1)
+        too_long.train.window, too_long.method = spec_ctx + 1, method
+        with pytest.raises(ConfigError, match="model's context"):
+            ft.finetune(too_long)
+        assert not (tmp_path / "x").exists()

@@ -54,6 +54,8 @@ def finetune_cmd(
     quant: Annotated[str, typer.Option(help="qlora: how the frozen base is quantized, int4 or int8. "
                                             "[default: int4]")] = None,
     group_size: Annotated[int, typer.Option(help="qlora with int4: weights per scale. [default: 32]")] = None,
+    window: Annotated[int, typer.Option("--context", help="Training window in tokens (default: the base's context, "
+                                                          "e.g. 2048 for SmolLM2; the model keeps its own).")] = None,
     steps: StepsOpt = None,
     minutes: MinutesOpt = None,
     batch_size: LmBatchOpt = None,

@@ -87,7 +87,7 @@ TRAIN_FLAGS = {
     "grad_clip": "grad_clip", "eval_every": "eval_every", "eval_batches": "eval_batches",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "log_every": "log_every",
     "seed": "seed", "device": "device", "dtype": "dtype", "compile": "compile",
-    "fsdp": "fsdp",
+    "fsdp": "fsdp", "window": "window",
 }
 
 

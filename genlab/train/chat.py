@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from genlab import runs
 from genlab.data.conversations import ChatData, Conversation
 from genlab.errors import DataError
-from genlab.train.lm import LMTask, lm_metrics
+from genlab.train.lm import LMTask, lm_metrics, training_window
 
 IGNORE = -100  # F.cross_entropy's ignore_index
 
@@ -64,12 +64,14 @@ class ChatTask(LMTask):
     """``LMTask`` with chat data: batches of packed windows, the loss on the assistant's tokens, and
     evaluation (loss, bits per byte of the assistant's text) on the held-out conversations."""
 
-    def __init__(self, model, data: ChatData, batch_size: int, eval_batches: int, sample_tokens: int = 200) -> None:
+    def __init__(self, model, data: ChatData, batch_size: int, eval_batches: int, sample_tokens: int = 200,
+                 window: int | None = None) -> None:
         self.model, self.data = model, data
         self.batch_size, self.eval_batches, self.sample_tokens = batch_size, eval_batches, sample_tokens
         self.tokenizer = data.tokenizer()
-        self.train_windows = Windows(data.train, model.cfg.context)
-        self.val_windows = Windows(data.val, model.cfg.context)
+        self.context = training_window(model, window)
+        self.train_windows = Windows(data.train, self.context)
+        self.val_windows = Windows(data.val, self.context)
         if not len(self.train_windows) or not len(self.val_windows):
             raise DataError("the chat data has no assistant tokens to learn from (training or validation)")
 

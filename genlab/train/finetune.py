@@ -333,7 +333,9 @@ def finetune(spec: FinetuneSpec) -> TrainResult:
     spec.validate()
     if spec.base is None:
         raise ConfigError("give the run to fine-tune: genlab finetune BASE --data CORPUS --out RUN")
-    base_config(spec.base)
+    context = base_config(spec.base)["model"]["context"]
+    if spec.train is not None and spec.train.window is not None and spec.train.window > context:
+        raise ConfigError(f"--context {spec.train.window} must be between 2 and the model's context ({context})")
     runs.require_new(run, spec.overwrite)
     if Path(spec.base).resolve() == run.resolve():
         raise ConfigError("--out must be a new run directory, not the base run")
@@ -373,7 +375,8 @@ def _lora(spec: FinetuneSpec, run: Path, saved: dict | None) -> TrainResult:
 
     seed_everything(tcfg.seed)  # the adapters' random init (A) is part of the run's seed
     model = inject_lora(_base_model(base, base_cfg["model"], quant), lora)
-    task = (LoraChatTask if chat else LoraTask)(model, data, tcfg.batch_size, tcfg.eval_batches)  # a too-small corpus fails here
+    task = (LoraChatTask if chat else LoraTask)(model, data, tcfg.batch_size, tcfg.eval_batches,
+                                                window=tcfg.window)  # a too-small corpus fails here
 
     if saved is None:
         create_run(run, {

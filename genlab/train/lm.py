@@ -54,13 +54,23 @@ def lm_metrics(loss: float, bytes_per_token: float) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2) / bytes_per_token}
 
 
+def training_window(model: Transformer, window: int | None) -> int:
+    """Tokens per training window: the model's context, or fewer (``--context`` of ``genlab finetune``:
+    a model imported with a long context is fine-tuned on shorter windows; its context stays)."""
+    if window is None:
+        return model.cfg.context
+    if not 2 <= window <= model.cfg.context:
+        raise ConfigError(f"--context {window} must be between 2 and the model's context ({model.cfg.context})")
+    return window
+
+
 class LMTask:
     family = "lm"
     unit = "tok"
     metric_names = ("loss", "perplexity", "bits_per_byte")
 
     def __init__(self, model: Transformer, data: prep.Prepared, batch_size: int, eval_batches: int,
-                 sample_tokens: int = 200) -> None:
+                 sample_tokens: int = 200, window: int | None = None) -> None:
         self.model = model
         self.data = data
         self.batch_size = batch_size
@@ -69,13 +79,13 @@ class LMTask:
         self.train_tokens = data.tokens("train")
         self.val_tokens = data.tokens("val")
         self.tokenizer = data.tokenizer()
-        context = model.cfg.context
+        self.context = context = training_window(model, window)
         if len(self.train_tokens) <= context + 1:
             raise ConfigError(f"the corpus has {len(self.train_tokens)} training tokens, fewer than the context "
                               f"({context}); give more text or a smaller --context")
 
     def train_batch(self, rng: np.random.Generator):
-        return prep.sample_batch(self.train_tokens, self.batch_size, self.model.cfg.context, rng)
+        return prep.sample_batch(self.train_tokens, self.batch_size, self.context, rng)
 
     def loss(self, model, batch):
         x, y = (t.to(self.device) for t in batch)
@@ -89,7 +99,7 @@ class LMTask:
 
     def evaluate(self, model) -> dict[str, float]:
         # A fixed sample of evenly spaced windows: quick enough to run every eval_every steps.
-        x, y = prep.eval_windows(self.val_tokens, self.model.cfg.context, self.eval_batches * self.batch_size)
+        x, y = prep.eval_windows(self.val_tokens, self.context, self.eval_batches * self.batch_size)
         b = self.batch_size
         nll, count = batches_nll(model, ((x[i : i + b], y[i : i + b]) for i in range(0, len(x), b)), self.device)
         return lm_metrics(nll / count, self.data.meta["bytes_per_token"])
@@ -197,7 +207,7 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
     if chat:
         from genlab.train.chat import ChatTask
 
-        task = ChatTask(model, data, tcfg.batch_size, tcfg.eval_batches)
+        task = ChatTask(model, data, tcfg.batch_size, tcfg.eval_batches, window=tcfg.window)
     else:
-        task = LMTask(model, data, tcfg.batch_size, tcfg.eval_batches)
+        task = LMTask(model, data, tcfg.batch_size, tcfg.eval_batches, window=tcfg.window)
     return train(task, tcfg, run, resume=spec.resume, quiet=spec.quiet, dist=dist)
