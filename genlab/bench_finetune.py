@@ -14,7 +14,6 @@ a token boundary, scored with non-overlapping windows; bytes are those of the sc
 from __future__ import annotations
 
 import csv
-import math
 import os
 import subprocess
 import sys
@@ -25,16 +24,23 @@ from pathlib import Path
 import numpy as np
 
 from genlab.bench import append_section, markdown_table, show_table
+from genlab.evaluate.perplexity import heldout_bits_per_byte
 
 GENLAB = [sys.executable, "-m", "genlab"]
 _IMPORTS = "import torch, peft, genlab.train.finetune, genlab.train.lm"
+
+
+# glibc keeps freed heap memory mapped (its mmap threshold grows with every large free), so a process's
+# RSS would count tensors long gone; a fixed threshold returns large blocks when they are freed, and
+# the peak RSS then tracks the memory in use.
+MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def run_measured(cmd: list[str], log_path: Path) -> tuple[int, int, float]:
     """Run ``cmd`` with output to ``log_path``; (exit code, peak RSS bytes, seconds)."""
     t0 = time.perf_counter()
     with open(log_path, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **MEASURE_ENV})
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, unlike RUSAGE_CHILDREN
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage.ru_maxrss * 1024, time.perf_counter() - t0
@@ -85,6 +91,7 @@ def bench_finetune(base: Path, corpus: str, methods: list[str], steps: int, batc
             run = tmp / method
             cmd = GENLAB + ["finetune", str(base), "--data", corpus, "--method", method, "--out", str(run),
                             "--steps", str(steps), "--batch-size", str(batch), "--eval-every", str(10**6),
+                            "--eval-batches", "1",
                             "--checkpoint-every", str(10**6), "--log-every", "1", "--device", "cpu", "--quiet"]
             if context:
                 cmd += ["--context", str(context)]
@@ -106,44 +113,12 @@ def bench_finetune(base: Path, corpus: str, methods: list[str], steps: int, batc
                    f"Runtime = the peak RSS of a process that only imports torch, peft and genlab's trainer "
                    f"({_gib(rows[0]['runtime_rss']) if rows else '-'}); the prediction covers weights, gradients, "
                    f"AdamW moments and saved activations (fp32, as genlab trains on CPUs), not the allocator's "
-                   f"slack or the runtime.")
+                   f"slack or the runtime. Measured with {' '.join(f'{k}={v}' for k, v in MEASURE_ENV.items())} "
+                   f"(freed tensors leave RSS).")
     return rows
 
 
 # ---- transfer learning ---------------------------------------------------------------------------
-
-
-def val_prefix(run: Path, corpus: str, eval_bytes: int) -> tuple[np.ndarray, int]:
-    """The first tokens of ``corpus``'s validation split under ``run``'s tokenizer, up to
-    ``eval_bytes`` of text, and the exact bytes they decode to."""
-    from genlab import runs
-    from genlab.config import DataConfig
-    from genlab.data import prepare as prep
-    from genlab.data import tokenizer as tokmod
-
-    tok = tokmod.load(Path(run) / runs.TOKENIZER)
-    data = prep.prepare(DataConfig(corpus=[corpus]), tok=tok, log=lambda m: None)
-    val = data.tokens("val")
-    # bytes per token vary; grow the prefix until it covers eval_bytes of text
-    n = min(len(val), max(64, int(eval_bytes / max(data.meta["bytes_per_token"], 0.5))))
-    while True:
-        nbytes = len(tok.decode(val[:n].tolist(), skip_special_tokens=False).encode())
-        if nbytes >= eval_bytes or n >= len(val):
-            return np.asarray(val[:n]), nbytes
-        n = min(len(val), int(n * eval_bytes / max(nbytes, 1)) + 16)
-
-
-def bits_per_byte(run: Path, corpus: str, eval_bytes: int, context: int) -> float:
-    import torch
-
-    from genlab.runtimes.registry import open_lm
-    from genlab.train.lm import token_nll
-
-    tokens, nbytes = val_prefix(run, corpus, eval_bytes)
-    model = open_lm(run, device="cpu").runner
-    with torch.no_grad():
-        nll, _ = token_nll(model, tokens, min(context, model.cfg.context), batch_size=4)
-    return nll / math.log(2) / nbytes
 
 
 def bench_transfer(base: Path, corpora: list[str], minutes: float, methods: list[str], batch: int, context: int,
@@ -156,7 +131,7 @@ def bench_transfer(base: Path, corpora: list[str], minutes: float, methods: list
         tmp = Path(tmp)
         for corpus in corpora:
             rows.append({"corpus": corpus, "model": f"{base.name} as it is", "seconds": 0.0,
-                         "bpb": bits_per_byte(base, corpus, eval_bytes, context), "tokens": 0})
+                         "bpb": heldout_bits_per_byte(base, corpus, eval_bytes, context), "tokens": 0})
             common = ["--minutes", str(minutes), "--batch-size", str(batch), "--eval-every", str(10**6),
                       "--eval-batches", "1", "--checkpoint-every", str(10**6), "--device", "cpu", "--quiet"]
             jobs = [(m, GENLAB + ["finetune", str(base), "--data", corpus, "--method", m, "--context", str(context)])
@@ -169,7 +144,7 @@ def bench_transfer(base: Path, corpora: list[str], minutes: float, methods: list
                 _check(code, tmp / f"{run.name}.log", " ".join(cmd[2:4]) + f" ({name})")
                 tokens = _trained_tokens(run)
                 rows.append({"corpus": corpus, "model": name, "seconds": seconds, "tokens": tokens,
-                             "bpb": bits_per_byte(run, corpus, eval_bytes, context)})
+                             "bpb": heldout_bits_per_byte(run, corpus, eval_bytes, context)})
     headers = ["corpus", "model", "wall time (train)", "tokens trained", "val bits/byte"]
     table = [[r["corpus"], r["model"], f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "-",
               f"{r['tokens']:,}" if r["tokens"] else "-", f"{r['bpb']:.3f}"] for r in rows]
@@ -191,5 +166,31 @@ def _trained_tokens(run: Path) -> int:
     t = cfg["train"]
     with open(run / "metrics.csv") as f:
         steps = max((int(r["step"]) for r in csv.DictReader(f) if r["split"] == "train"), default=0)
-    window = cfg.get("finetune", {}).get("context") or t.get("context") or cfg["model"]["context"]
+    window = t.get("window") or cfg["model"]["context"]
     return steps * t["batch_size"] * t.get("grad_accum", 1) * window
+
+
+# ---- chat answers --------------------------------------------------------------------------------
+
+CHAT_PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.",
+                "Explain what a hash table is in one sentence.", "Give me three tips for sleeping better.",
+                "Translate \"good morning\" into Spanish.")
+
+
+def bench_chat(models: list[Path], prompts: tuple[str, ...] = CHAT_PROMPTS, max_tokens: int = 60,
+               write: Path | None = None) -> list[list[str]]:
+    """Greedy answers of each model (through its chat template) to the same prompts, side by side."""
+    from genlab.generate.text import load_lm
+
+    answers = []
+    for path in models:
+        lm = load_lm(path, device="cpu")
+        answers.append([" ".join(lm.chat([{"role": "user", "content": p}], max_tokens=max_tokens,
+                                         temperature=0).split()).replace("|", "\\|") for p in prompts])
+    headers = ["prompt"] + [Path(m).name for m in models]
+    table = [[p] + [a[i] for a in answers] for i, p in enumerate(prompts)]
+    show_table("greedy chat answers", headers, table)
+    command = "genlab bench chat " + " ".join(str(m) for m in models)
+    append_section(write, "Chat answers side by side (`bench chat`)", command, markdown_table(headers, table),
+                   f"Greedy, through each run's chat template, at most {max_tokens} new tokens.")
+    return table

@@ -1,4 +1,4 @@
-"""`genlab bench train-lm|generate|runtimes|finetune|transfer|train-gan|train-vae`."""
+"""`genlab bench train-lm|generate|runtimes|finetune|transfer|chat|train-gan|train-vae`."""
 
 from __future__ import annotations
 
@@ -109,6 +109,19 @@ def bench_transfer_cmd(
 
     bench_transfer(base, comma_list(corpora), minutes, comma_list(methods), batch_size, context, eval_bytes,
                    scratch, None if no_write else write)
+
+
+@app.command("chat")
+def bench_chat_cmd(
+    models: Annotated[list[Path], typer.Argument(help="Runs (or anything genlab opens) with a chat template.")],
+    max_tokens: Annotated[int, typer.Option(help="New tokens per answer at most.")] = 60,
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """Greedy answers of several models to the same five prompts, side by side (e.g. base, LoRA, merged)."""
+    from genlab.bench_finetune import bench_chat
+
+    bench_chat(models, max_tokens=max_tokens, write=None if no_write else write)
 
 
 @app.command("train-gan")

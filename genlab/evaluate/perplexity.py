@@ -50,3 +50,34 @@ def evaluate_lm(run: str | Path, data: list[str] | None = None, batch_size: int 
     nll, count = token_nll(lm.model, tokens, ctx, batch_size, lm.device)
     return {"run": str(run), "data": source, "tokens": int(count), "bytes": int(n_bytes),
             **lm_metrics(nll / count, n_bytes / len(tokens))}
+
+
+def validation_prefix(run: str | Path, corpus_spec: str, eval_bytes: int) -> tuple[np.ndarray, int]:
+    """The first tokens of ``corpus_spec``'s validation split under ``run``'s tokenizer, covering at
+    least ``eval_bytes`` of text, and the exact bytes they decode to. The split depends on the corpus
+    alone, so models with different tokenizers are scored on the same documents."""
+    from genlab import runs
+    from genlab.data import tokenizer as tokmod
+
+    tok = tokmod.load(Path(run) / runs.TOKENIZER)
+    data = prep.prepare(DataConfig(corpus=[corpus_spec]), tok=tok, log=lambda m: None)
+    val = data.tokens("val")
+    n = min(len(val), max(64, int(eval_bytes / max(data.meta["bytes_per_token"], 0.5))))
+    while True:  # bytes per token vary along the text: grow the prefix until it covers eval_bytes
+        nbytes = len(tok.decode(val[:n].tolist(), skip_special_tokens=False).encode())
+        if nbytes >= eval_bytes or n >= len(val):
+            return np.asarray(val[:n], dtype=np.int64), nbytes
+        n = min(len(val), int(n * eval_bytes / max(nbytes, 1)) + 16)
+
+
+@torch.no_grad()
+def heldout_bits_per_byte(run: str | Path, corpus_spec: str, eval_bytes: int = 16_000, context: int = 256,
+                          device: str = "cpu") -> float:
+    """Bits per byte of ``run`` on the first ``eval_bytes`` of ``corpus_spec``'s validation split,
+    scored in windows of ``context`` tokens (the model's own context if shorter)."""
+    import math
+
+    tokens, nbytes = validation_prefix(run, corpus_spec, eval_bytes)
+    lm = load_lm(run, device=device)
+    nll, _ = token_nll(lm.model, tokens, min(context, lm.config.context), 4, lm.device)
+    return nll / math.log(2) / nbytes

@@ -235,6 +235,15 @@ def genlab_quant_bytes(pc: ParamCount, method: str, group_size: int = 32) -> flo
     return (pc.total - vectors) * bits / 8 + 4.0 * vectors
 
 
+def lora_saved_bytes(a: Architecture, rank: int, dropout: bool = True) -> float:
+    """What peft's LoRA layers save for backward per token, beyond the frozen model's activations:
+    on every adapted matrix the dropout output (fp32) and its mask (1 byte) of the input, and
+    ``A x`` (rank values) for ``B``."""
+    d = a.d_model
+    inputs = d * 6 + a.ffn_hidden  # q, k, v, gate, up and o read d values; down reads ffn_hidden
+    return a.n_layer * ((5.0 * inputs if dropout else 0.0) + 4.0 * rank * 7)
+
+
 def genlab_finetune(pc: ParamCount, seq: int, batch: int, method: str, rank: int = 8,
                     quant: str = "int4", group_size: int = 32) -> TrainingMemory:
     """What ``genlab finetune`` holds on a CPU, where it trains in fp32 (no autocast):
@@ -245,11 +254,14 @@ def genlab_finetune(pc: ParamCount, seq: int, batch: int, method: str, rank: int
       as an fp32 matrix (dequantized in the forward and again in the backward pass), so the largest
       matrix (the tied LM head, usually) is counted on top.
 
-    Activations use the full fine-tuning estimate for all three: frozen layers skip saving their
-    inputs for weight gradients, but the adapters save theirs (and the dropout masks), roughly as much."""
+    Activations: the full fine-tuning estimate, plus what the LoRA layers save (``lora_saved_bytes``,
+    with genlab's default dropout), plus the gradient of the logits, which exists beside the saved
+    activations when the backward pass starts (4 bytes x vocabulary per token)."""
     a = pc.arch
-    act = activation_bytes(a, seq, batch, bytes_per=4.0)
-    act_rc = activation_bytes(a, seq, batch, bytes_per=4.0, recompute=True)
+    tokens = seq * batch
+    extra = tokens * 4.0 * a.vocab_size + (0.0 if method == "full" else tokens * lora_saved_bytes(a, rank))
+    act = activation_bytes(a, seq, batch, bytes_per=4.0) + extra
+    act_rc = activation_bytes(a, seq, batch, bytes_per=4.0, recompute=True) + extra
     if method == "full":
         n = pc.total
         return TrainingMemory(4.0 * n, 4.0 * n, 8.0 * n, act, act_rc)
