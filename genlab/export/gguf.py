@@ -244,13 +244,15 @@ def read_gguf_model(path: Path) -> Transformer:
 def gguf_tokenizer(path: Path):
     """The file's tokenizer as a ``tokenizers.Tokenizer``, rebuilt from its metadata by transformers'
     GGUF converter (it knows the pre-tokenizers llama.cpp names, e.g. "smollm")."""
-    try:
-        from transformers import AutoTokenizer
+    from genlab.quiet import quiet
+
+    try:  # its first import loads torchao, which reports the CUDA kernels it cannot load on stderr
+        with quiet("transformers", "torchao", root=True, fds=True):
+            from transformers import AutoTokenizer
     except ImportError:
         raise ExportError("importing a GGUF file needs transformers (its GGUF tokenizer converter): "
                           "pip install transformers") from None
     path = Path(path)
-    from genlab.quiet import quiet
 
     with quiet("transformers"):
         try:

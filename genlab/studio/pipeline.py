@@ -52,6 +52,10 @@ STAGES = ("text", "illustration", "narration", "music", "bundle")
 FORMAT = "genlab-studio-bundle/1"
 CHAT_SYSTEM = ("You write short illustrated magazine articles. Reply with the article's title on the "
                "first line, then the article in a few paragraphs of plain text.")
+# The request repeats the instruction in the user's turn: small instruct models (SmolLM2-135M) follow
+# a user's instruction and mostly ignore a system prompt (compared by hand on the demo's prompt).
+CHAT_REQUEST = ("Write a short magazine article about: {prompt}\n"
+                "Start with a headline on its own line, then two or three paragraphs.")
 MAX_PROMPT_CHARS = 2000
 
 Progress = Callable[[dict], None]  # receives {"event": "stage"|"text", ...}
@@ -184,7 +188,7 @@ class Studio:
 
     def write_article(self, req: StudioRequest, emit: Progress) -> tuple[str, str]:
         if self.text.chat:
-            pieces = self.text.stream(req.prompt, req.sampling(), system=CHAT_SYSTEM)
+            pieces = self.text.stream(CHAT_REQUEST.format(prompt=req.prompt), req.sampling(), system=CHAT_SYSTEM)
             text = ""
             for piece in pieces:
                 text += piece
