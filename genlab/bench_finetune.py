@@ -2,8 +2,8 @@
 next to ``genlab size``'s prediction (`genlab bench finetune`), and transfer learning against
 training from scratch for the same wall-clock budget (`genlab bench transfer`).
 
-Every training run is a separate ``genlab`` process, so its peak resident memory (``ru_maxrss`` from
-``wait4``) is its own; a process that only imports what fine-tuning imports gives the runtime's
+Every training run is a separate ``genlab`` process, so its peak resident memory (its VmHWM, which
+it reports as it exits) is its own; a process that only imports what fine-tuning imports gives the runtime's
 share (Python, torch, peft), which the prediction does not cover.
 
 Bits per byte are compared on the same text: the first ``eval_bytes`` of each corpus's validation
@@ -26,7 +26,7 @@ import numpy as np
 from genlab.bench import append_section, markdown_table, show_table
 from genlab.evaluate.perplexity import heldout_bits_per_byte
 
-GENLAB = [sys.executable, "-m", "genlab"]
+GENLAB = ["-m", "genlab"]
 _IMPORTS = "import torch, peft, genlab.train.finetune, genlab.train.lm"
 
 
@@ -35,15 +35,37 @@ _IMPORTS = "import torch, peft, genlab.train.finetune, genlab.train.lm"
 # the peak RSS then tracks the memory in use.
 MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
+# The child reports its own VmHWM (the peak RSS of its address space) as it exits. wait4's ru_maxrss
+# would not do: it keeps the high-water mark from before exec, i.e. the parent's pages at fork.
+_PEAK_WRAPPER = """
+import atexit, runpy, sys
+report, args = sys.argv[1], sys.argv[2:]
+def peak():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM"))
+    with open(report, "w") as f:
+        f.write(kb)
+atexit.register(peak)
+if args[0] == "-m":
+    sys.argv = [args[1], *args[2:]]
+    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *args[2:]]
+    exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
+"""
 
-def run_measured(cmd: list[str], log_path: Path) -> tuple[int, int, float]:
-    """Run ``cmd`` with output to ``log_path``; (exit code, peak RSS bytes, seconds)."""
+
+def run_measured(python_args: list[str], log_path: Path) -> tuple[int, int, float]:
+    """Run ``python ARGS`` (``-m module ...`` or ``-c code``) with output to ``log_path``;
+    (exit code, the child's peak RSS in bytes, seconds)."""
+    report = log_path.with_suffix(".peak")
     t0 = time.perf_counter()
     with open(log_path, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **MEASURE_ENV})
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, unlike RUSAGE_CHILDREN
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss * 1024, time.perf_counter() - t0
+        code = subprocess.call([sys.executable, "-c", _PEAK_WRAPPER, str(report), *python_args], stdout=f,
+                               stderr=subprocess.STDOUT, env={**os.environ, **MEASURE_ENV})
+    seconds = time.perf_counter() - t0
+    peak = int(report.read_text()) * 1024 if report.exists() else 0
+    return code, peak, seconds
 
 
 def _check(code: int, log_path: Path, what: str) -> None:
@@ -85,7 +107,7 @@ def bench_finetune(base: Path, corpus: str, methods: list[str], steps: int, batc
     rows = []
     with tempfile.TemporaryDirectory(prefix="genlab-bench-ft-") as tmp:
         tmp = Path(tmp)
-        code, runtime_rss, _ = run_measured([sys.executable, "-c", _IMPORTS], tmp / "imports.log")
+        code, runtime_rss, _ = run_measured(["-c", _IMPORTS], tmp / "imports.log")
         _check(code, tmp / "imports.log", "importing torch and peft")
         for method in methods:
             run = tmp / method

@@ -12,11 +12,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_run_measured_reports_the_childs_own_peak(tmp_path):
-    code, small, _ = run_measured(["python3", "-c", "pass"], tmp_path / "a.log")
-    code2, big, _ = run_measured(["python3", "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"],
-                                 tmp_path / "b.log")
-    assert code == code2 == 0
-    assert big - small > 250 * 2**20
+    code, small, _ = run_measured(["-c", "pass"], tmp_path / "a.log")
+    code2, big, _ = run_measured(["-c", "x = b'1' * (300 * 2**20)"], tmp_path / "b.log")
+    code3, _, _ = run_measured(["-c", "import sys; sys.exit(3)"], tmp_path / "c.log")
+    assert code == code2 == 0 and code3 == 3
+    assert small < 100 * 2**20  # a bare interpreter, not this test process's pages
+    assert big - small > 280 * 2**20
 
 
 def test_bench_finetune_measures_each_method(trained_run, corpus_dir, tmp_path):

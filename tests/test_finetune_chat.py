@@ -21,7 +21,8 @@ from genlab.data import tokenizer as tokmod
 from genlab.errors import ConfigError, DataError
 from genlab.runtimes.pytorch import load_float_model
 from genlab.train import finetune as ft
-from genlab.train.chat import IGNORE, ChatTask, Windows
+from genlab.train.chat import IGNORE, Windows
+from genlab.train.lm import ChatTask
 
 from .conftest import GENLAB, ROOT
 
@@ -144,6 +145,13 @@ def test_lora_on_chat_data_lowers_the_assistant_loss_and_resumes(chat_run, chat_
     assert (run / "samples" / "step_000030.txt").read_text().startswith(data.prompt)
     lm = genlab.load(run, device="cpu")
     assert isinstance(lm.chat([{"role": "user", "content": "the cat"}], max_tokens=8, temperature=0), str)
+    # genlab eval scores what training scored: the replies of every held-out conversation
+    from genlab.evaluate.perplexity import evaluate_lm
+
+    scored = evaluate_lm(run, device="cpu")
+    with torch.no_grad():
+        expected = ChatTask(lm.model, data, 8, len(data.val) + 1).evaluate(lm.model)
+    assert scored["data"].startswith("assistant turns") and scored["loss"] == pytest.approx(expected["loss"])
 
     resumed = ft.finetune(spec(run, None, chats, steps=32, resume=True))
     assert [s for s, _ in resumed.losses] == [31, 32]

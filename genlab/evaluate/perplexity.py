@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from genlab.config import DataConfig
+from genlab.data import conversations as conv
 from genlab.data import corpus
 from genlab.data import prepare as prep
 from genlab.errors import DataError
@@ -38,6 +39,8 @@ def evaluate_lm(run: str | Path, data: list[str] | None = None, batch_size: int 
         section = lm.meta.get("data")
         if not isinstance(section, dict) or "config" not in section:  # imported checkpoints, .onnx files
             raise DataError(f"'{run}' records no training data (no validation split); give held-out text with --data")
+        if conv.is_chat(section["config"]["corpus"]):
+            return _chat_eval(run, lm, DataConfig(**section["config"]), batch_size)
         prepared = prep.prepare(DataConfig(**section["config"]), tok=lm.tokenizer, log=lambda m: None)
         tokens = np.asarray(prepared.tokens("val"), dtype=np.int64)
         n_bytes = round(len(tokens) * section["bytes_per_token"])
@@ -50,6 +53,22 @@ def evaluate_lm(run: str | Path, data: list[str] | None = None, batch_size: int 
     nll, count = token_nll(lm.model, tokens, ctx, batch_size, lm.device)
     return {"run": str(run), "data": source, "tokens": int(count), "bytes": int(n_bytes),
             **lm_metrics(nll / count, n_bytes / len(tokens))}
+
+
+def _chat_eval(run, lm, data_cfg: DataConfig, batch_size: int) -> dict:
+    """A run fine-tuned on chat JSONL: the loss on the assistant's tokens of its held-out conversations
+    (every one of them), as its training evals measure it."""
+    from genlab.train.lm import ChatTask
+
+    if not hasattr(lm.model, "embed"):
+        raise DataError(f"'{run}' was fine-tuned on chat data; its held-out conversations are scored on the "
+                        f"run itself (give held-out text with --data to score this artifact)")
+    data = conv.prepare_chat(data_cfg, Path(run), log=lambda m: None)
+    task = ChatTask(lm.model, data, batch_size, eval_batches=len(data.val) + 1)
+    metrics = task.evaluate(lm.model)
+    return {"run": str(run), "data": "assistant turns of the held-out conversations of " + ", ".join(data_cfg.corpus),
+            "tokens": int(data.meta["val_assistant_tokens"]), "bytes": int(sum(c.n_bytes for c in data.val)),
+            **metrics}
 
 
 def validation_prefix(run: str | Path, corpus_spec: str, eval_bytes: int) -> tuple[np.ndarray, int]:

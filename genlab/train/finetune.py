@@ -53,8 +53,7 @@ from genlab.errors import ConfigError, RunError
 from genlab.models.quantized import QuantLinear, QuantSpec, check_shapes, dequantized
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.quiet import quiet
-from genlab.train.chat import ChatTask
-from genlab.train.lm import LMTask, LMTrainSpec, train_lm
+from genlab.train.lm import ChatTask, LMTask, LMTrainSpec, train_lm
 from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
 ADAPTER = "adapter.safetensors"

@@ -18,8 +18,9 @@ from genlab.data import conversations as conv
 from genlab.data import prepare as prep
 from genlab.data import tokenizer as tokmod
 from genlab.device import seed_everything
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, DataError
 from genlab.models.transformer import LMConfig, Transformer
+from genlab.train.chat import IGNORE, Windows
 from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
 # ---- scoring: the one perplexity of genlab (training evals, `genlab eval`, export figures, benchmarks) ----
@@ -111,6 +112,53 @@ class LMTask:
         text = lm.generate("", max_tokens=self.sample_tokens, temperature=0.8, top_k=50, seed=step)
         out_dir.mkdir(parents=True, exist_ok=True)
         runs.atomic_write_bytes(out_dir / f"step_{step:06d}.txt", text.encode())
+
+
+class ChatTask(LMTask):
+    """``LMTask`` with chat data: batches of packed windows, the loss on the assistant's tokens, and
+    evaluation (loss, bits per byte of the assistant's text) on the held-out conversations."""
+
+    def __init__(self, model, data: conv.ChatData, batch_size: int, eval_batches: int, sample_tokens: int = 200,
+                 window: int | None = None) -> None:
+        self.model, self.data = model, data
+        self.batch_size, self.eval_batches, self.sample_tokens = batch_size, eval_batches, sample_tokens
+        self.tokenizer = data.tokenizer()
+        self.context = training_window(model, window)
+        self.train_windows = Windows(data.train, self.context)
+        self.val_windows = Windows(data.val, self.context)
+        if not len(self.train_windows) or not len(self.val_windows):
+            raise DataError("the chat data has no assistant tokens to learn from (training or validation)")
+
+    def train_batch(self, rng: np.random.Generator):
+        return self.train_windows.batch(rng.integers(0, len(self.train_windows), size=self.batch_size))
+
+    def loss(self, model, batch):
+        x, y = (t.to(self.device) for t in batch)
+        logits = model(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE)
+        return loss, x.numel()  # throughput counts every token read
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Summed over the assistant's tokens of (up to eval_batches * batch_size evenly spaced) windows."""
+        w, b = self.val_windows, self.batch_size
+        picks = np.unique(np.linspace(0, len(w) - 1, num=min(len(w), self.eval_batches * b)).astype(np.int64))
+        nll, count = 0.0, 0
+        for i in range(0, len(picks), b):
+            x, y = (t.to(self.device) for t in w.batch(picks[i : i + b]))
+            logits = model(x)
+            nll += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                   ignore_index=IGNORE, reduction="sum").item()
+            count += int((y != IGNORE).sum())
+        return lm_metrics(nll / count, self.data.meta["bytes_per_token"])
+
+    def sample(self, model, step: int, out_dir: Path) -> None:
+        """The model's reply to the first held-out conversation's opening."""
+        from genlab.generate.text import LanguageModel
+
+        lm = LanguageModel(model, self.tokenizer, eot=self.data.eot)
+        reply = lm.generate(self.data.prompt, max_tokens=self.sample_tokens, temperature=0.8, top_k=50, seed=step)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_bytes(out_dir / f"step_{step:06d}.txt", (self.data.prompt + reply).encode())
 
 
 @dataclass
@@ -205,8 +253,6 @@ def train_lm(spec: LMTrainSpec) -> TrainResult:
         runs.load_weights(spec.init_from, model)
         log(f"initialised from {spec.init_from}")
     if chat:
-        from genlab.train.chat import ChatTask
-
         task = ChatTask(model, data, tcfg.batch_size, tcfg.eval_batches, window=tcfg.window)
     else:
         task = LMTask(model, data, tcfg.batch_size, tcfg.eval_batches, window=tcfg.window)
