@@ -18,7 +18,7 @@ import pytest
 from genlab.serve import ServerConfig, ServerThread, create_app
 
 from .chat_helpers import chat_run, tiny_gguf  # noqa: F401  (fixtures)
-from .test_server_page import ARGS, CHROMIUM
+from .test_server_page import CHROMIUM, served_page
 
 KEY = "chat-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -185,68 +185,61 @@ def wait_for_replies(page, n: int) -> None:
 
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
 def test_chat_view_streams_replies_and_reopens_the_conversation(chat_run, tmp_path):  # noqa: F811
-    playwright = pytest.importorskip("playwright.sync_api")
     cfg = ServerConfig(text_run=chat_run, image_run=None, data_dir=tmp_path / "data", api_key="k", device="cpu",
                        semantic_labels=False, speech_backend="espeak")
-    with ServerThread(create_app(cfg)) as srv, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            sent: list[dict] = []
-            page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
-            page.goto(srv.url + "/")
-            page.fill("#apikey", "k")
-            page.click("#tab-chat")
-            assert page.locator("#chat-view").is_visible() and not page.locator("#studio-view").is_visible()
-            page.fill("#chat-system", "Be brief.")
-            # Greedy decoding makes this tiny model write only newlines; a seed keeps sampling reproducible.
-            page.fill("#chat-temperature", "0.7")
-            page.fill("#chat-max-tokens", "12")
-            page.fill("#chat-seed", "0")
-            page.fill("#chat-input", "the cat")
-            page.click("#chat-send")
-            wait_for_replies(page, 1)
-            first = page.locator("#transcript li.assistant").nth(0)
-            assert first.inner_text().strip()
-            assert int(first.get_attribute("data-chunks")) > 1  # it came in pieces, shown as they came
-            assert page.locator("#chat-note").is_hidden()  # the model has a template: nothing to warn about
+    with served_page(cfg, 1200, 900) as (srv, page, errors):
+        sent: list[dict] = []
+        page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+        page.goto(srv.url + "/")
+        page.fill("#apikey", "k")
+        page.click("#tab-chat")
+        assert page.locator("#chat-view").is_visible() and not page.locator("#studio-view").is_visible()
+        page.fill("#chat-system", "Be brief.")
+        # Greedy decoding makes this tiny model write only newlines; a seed keeps sampling reproducible.
+        page.fill("#chat-temperature", "0.7")
+        page.fill("#chat-max-tokens", "12")
+        page.fill("#chat-seed", "0")
+        page.fill("#chat-input", "the cat")
+        page.click("#chat-send")
+        wait_for_replies(page, 1)
+        first = page.locator("#transcript li.assistant").nth(0)
+        assert first.inner_text().strip()
+        assert int(first.get_attribute("data-chunks")) > 1  # it came in pieces, shown as they came
+        assert page.locator("#chat-note").is_hidden()  # the model has a template: nothing to warn about
 
-            page.fill("#chat-input", "a dog ran")
-            page.press("#chat-input", "Enter")
-            wait_for_replies(page, 2)
-            assert not page.locator("#chat-error").is_visible()
+        page.fill("#chat-input", "a dog ran")
+        page.press("#chat-input", "Enter")
+        wait_for_replies(page, 2)
+        assert not page.locator("#chat-error").is_visible()
 
-            stored = httpx.get(srv.url + "/v1/conversations", headers={"Authorization": "Bearer k"}).json()["data"]
-            assert len(stored) == 1 and stored[0]["title"] == "the cat" and stored[0]["system"] == "Be brief."
-            assert stored[0]["settings"] == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 12, "seed": 0}
-            conv = httpx.get(f"{srv.url}/v1/conversations/{stored[0]['id']}", headers={"Authorization": "Bearer k"}).json()
-            turns = [(m["role"], m["content"]) for m in conv["messages"]]
-            assert [r for r, _ in turns] == ["user", "assistant", "user", "assistant"]
-            assert turns[0][1] == "the cat" and turns[2][1] == "a dog ran" and turns[1][1].strip() and turns[3][1].strip()
-            # Each turn streamed the whole conversation so far, the system prompt first.
-            assert [b["stream"] for b in sent] == [True, True]
-            assert sent[0]["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the cat"}]
-            assert sent[1]["messages"] == [{"role": "system", "content": "Be brief."}] +                 [{"role": r, "content": c} for r, c in turns[:3]]
-            assert (sent[1]["temperature"], sent[1]["max_tokens"], sent[1]["seed"]) == (0.7, 12, 0)
+        stored = httpx.get(srv.url + "/v1/conversations", headers={"Authorization": "Bearer k"}).json()["data"]
+        assert len(stored) == 1 and stored[0]["title"] == "the cat" and stored[0]["system"] == "Be brief."
+        assert stored[0]["settings"] == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 12, "seed": 0}
+        conv = httpx.get(f"{srv.url}/v1/conversations/{stored[0]['id']}", headers={"Authorization": "Bearer k"}).json()
+        turns = [(m["role"], m["content"]) for m in conv["messages"]]
+        assert [r for r, _ in turns] == ["user", "assistant", "user", "assistant"]
+        assert turns[0][1] == "the cat" and turns[2][1] == "a dog ran" and turns[1][1].strip() and turns[3][1].strip()
+        # Each turn streamed the whole conversation so far, the system prompt first.
+        assert [b["stream"] for b in sent] == [True, True]
+        assert sent[0]["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the cat"}]
+        assert sent[1]["messages"] == ([{"role": "system", "content": "Be brief."}]
+                                       + [{"role": r, "content": c} for r, c in turns[:3]])
+        assert (sent[1]["temperature"], sent[1]["max_tokens"], sent[1]["seed"]) == (0.7, 12, 0)
 
-            page.reload()  # the key comes back from localStorage, the view from the URL's #chat
-            page.wait_for_selector("#conversations li", timeout=10_000)
-            assert page.locator("#transcript li").count() == 0
-            page.fill("#chat-system", "")
-            page.click("#conversations li")
-            page.wait_for_function("document.querySelectorAll('#transcript li').length === 4", timeout=10_000)
-            shown = [(li.get_attribute("class"), li.inner_text()) for li in page.locator("#transcript li").all()]
-            assert [(r, c.strip()) for r, c in shown] == [(r, c.strip()) for r, c in turns]
-            assert page.input_value("#chat-system") == "Be brief." and page.input_value("#chat-temperature") == "0.7"
-            assert page.input_value("#chat-seed") == "0"
-            assert "open" in page.locator("#conversations li").first.get_attribute("class")
-            page.screenshot(path=str(tmp_path / "chat-page.png"), full_page=True)
-            assert (tmp_path / "chat-page.png").stat().st_size > 10_000
+        page.reload()  # the key comes back from localStorage, the view from the URL's #chat
+        page.wait_for_selector("#conversations li", timeout=10_000)
+        assert page.locator("#transcript li").count() == 0
+        page.fill("#chat-system", "")
+        page.click("#conversations li")
+        page.wait_for_function("document.querySelectorAll('#transcript li').length === 4", timeout=10_000)
+        shown = [(li.get_attribute("class"), li.inner_text()) for li in page.locator("#transcript li").all()]
+        assert [(r, c.strip()) for r, c in shown] == [(r, c.strip()) for r, c in turns]
+        assert page.input_value("#chat-system") == "Be brief." and page.input_value("#chat-temperature") == "0.7"
+        assert page.input_value("#chat-seed") == "0"
+        assert "open" in page.locator("#conversations li").first.get_attribute("class")
+        page.screenshot(path=str(tmp_path / "chat-page.png"), full_page=True)
+        assert (tmp_path / "chat-page.png").stat().st_size > 10_000
 
-            page.click("#chat-new")
-            assert page.locator("#transcript li").count() == 0
-            assert not errors, errors
-        finally:
-            browser.close()
+        page.click("#chat-new")
+        assert page.locator("#transcript li").count() == 0
+        assert not errors, errors
