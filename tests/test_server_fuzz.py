@@ -35,6 +35,13 @@ OPERATIONS = [
     ("GET", "/v1/studio/jobs/{job_id}/events"),
     ("GET", "/v1/studio/jobs/{job_id}/bundle"),
     ("GET", "/v1/studio/jobs/{job_id}/files/{asset}"),
+    ("GET", "/v1/chat/info"),
+    ("POST", "/v1/conversations"),
+    ("GET", "/v1/conversations"),
+    ("GET", "/v1/conversations/{conv_id}"),
+    ("PATCH", "/v1/conversations/{conv_id}"),
+    ("POST", "/v1/conversations/{conv_id}/messages"),
+    ("DELETE", "/v1/conversations/{conv_id}"),
     ("DELETE", "/v1/studio/jobs/{job_id}"),  # last: it may delete the finished job the others read
 ]
 EXAMPLES = 25  # per operation and generation mode: the whole file runs in about a minute on 2 cores
