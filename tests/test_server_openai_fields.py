@@ -34,6 +34,8 @@ SCHEMA = {  # a finite language: every output ends within a bounded number of to
     "additionalProperties": False,
 }
 MSGS = [{"role": "user", "content": "Tell me about the cat."}]
+EOS_OFF = {"ignore_eos": True}  # a fixed number of tokens, whatever the tiny model's weights
+EOT = b"<|endoftext|>"  # listed in logprobs when ignore_eos keeps it; the text leaves it out
 
 
 def check_schema(value: object, schema: dict = SCHEMA) -> None:
@@ -100,14 +102,15 @@ def assert_chat_entries(entries, k: int, greedy: bool) -> None:
 
 
 def test_chat_logprobs_streamed_and_not(chat):
-    r = chat(messages=MSGS, max_tokens=12, temperature=0, logprobs=True, top_logprobs=5)
+    r = chat(messages=MSGS, max_tokens=12, temperature=0, logprobs=True, top_logprobs=5, extra_body=EOS_OFF)
     entries = r.choices[0].logprobs.content
     assert len(entries) == r.usage.completion_tokens
     assert_chat_entries(entries, 5, greedy=True)
-    assert b"".join(bytes(e.bytes) for e in entries).decode("utf-8", "replace") == r.choices[0].message.content
+    joined = b"".join(bytes(e.bytes) for e in entries).replace(EOT, b"")
+    assert joined.decode("utf-8", "replace") == r.choices[0].message.content
 
-    stream = chat(messages=MSGS, max_tokens=12, temperature=0, logprobs=True,
-                                            top_logprobs=5, stream=True)
+    stream = chat(messages=MSGS, max_tokens=12, temperature=0, logprobs=True, top_logprobs=5, stream=True,
+                  extra_body=EOS_OFF)
     streamed, text = [], ""
     for chunk in stream:
         for c in chunk.choices:
@@ -123,22 +126,32 @@ def test_chat_logprobs_streamed_and_not(chat):
 
 
 def test_completion_logprobs_legacy_format(complete, server):
-    r = complete(prompt="The cat", max_tokens=10, temperature=0.8, seed=3, logprobs=3)
+    r = complete(prompt="The cat", max_tokens=10, temperature=0.8, seed=3, logprobs=3, extra_body=EOS_OFF)
     c = r.choices[0]
     lp = c.logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
-    assert "".join(lp.tokens) == c.text and lp.text_offset[0] == 0
-    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    assert len(lp.tokens) == r.usage.completion_tokens == 10
+    raw = [token_bytes(t) for t in lp.tokens]
+    assert b"".join(raw).replace(EOT, b"").decode("utf-8", "replace") == c.text
+    assert lp.text_offset == [len(b"".join(raw[:i]).decode("utf-8", "ignore")) for i in range(len(raw))]
     for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
         assert math.isfinite(logprob) and logprob <= 0
         assert top[token] == pytest.approx(logprob) and 1 <= len(top) <= 4  # the 3 best and the sampled one
 
-    body = {"prompt": "The cat", "max_tokens": 10, "temperature": 0.8, "seed": 3, "logprobs": 3, "stream": True}
+    body = {"prompt": "The cat", "max_tokens": 10, "temperature": 0.8, "seed": 3, "logprobs": 3, "stream": True,
+            **EOS_OFF}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as s:
         chunks = [json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: {")]
     tokens = [t for ch in chunks if ch["choices"][0]["logprobs"] for t in ch["choices"][0]["logprobs"]["tokens"]]
     offsets = [o for ch in chunks if ch["choices"][0]["logprobs"] for o in ch["choices"][0]["logprobs"]["text_offset"]]
     assert tokens == lp.tokens and offsets == lp.text_offset  # seeded: the same tokens either way
+
+
+def token_bytes(token: str) -> bytes:
+    """A legacy-format token: its text, or "bytes:\\xNN..." for part of a UTF-8 character."""
+    if token.startswith("bytes:"):
+        return bytes(int(h, 16) for h in token[len("bytes:"):].split("\\x")[1:])
+    return token.encode("utf-8")
 
 
 # ---- response_format ----
@@ -186,9 +199,9 @@ def test_n_choices_are_reproducible_and_choice_i_uses_seed_plus_i(complete):
 
 
 def test_four_stop_strings_and_a_fifth_refused(complete):
-    free = complete(prompt="The cat", max_tokens=40, temperature=0).choices[0].text
+    free = complete(prompt="The cat", max_tokens=40, temperature=0, extra_body=EOS_OFF).choices[0].text
     stops = ["zzz", "qqq", "xxx", free[5:8]]  # the last one is in the free text, after its start
-    r = complete(prompt="The cat", max_tokens=40, temperature=0, stop=stops)
+    r = complete(prompt="The cat", max_tokens=40, temperature=0, stop=stops, extra_body=EOS_OFF)
     assert r.choices[0].finish_reason == "stop" and free.startswith(r.choices[0].text)
     assert not any(s in r.choices[0].text for s in stops)
     with pytest.raises(openai.BadRequestError) as e:
@@ -196,15 +209,15 @@ def test_four_stop_strings_and_a_fifth_refused(complete):
     assert e.value.param == "stop"
 
 
-def test_include_usage_last_chunk(chat):
-    stream = chat(messages=MSGS, max_tokens=8, temperature=0, n=2, stream=True,
-                                            stream_options={"include_usage": True})
+def test_include_usage_last_chunk(chat, complete):
+    stream = complete(prompt="The cat", max_tokens=8, temperature=0, n=2, stream=True,
+                      stream_options={"include_usage": True}, extra_body=EOS_OFF)
     chunks = list(stream)
-    assert all(c.usage is None for c in chunks[:-1])
+    assert all(c.usage is None for c in chunks[:-1]) and all(c.choices for c in chunks[:-1])
     last = chunks[-1]
     assert last.choices == [] and last.usage.prompt_tokens > 0
-    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
-    assert 2 <= last.usage.completion_tokens <= 16
+    assert last.usage.completion_tokens == 16  # two choices of 8 tokens
+    assert last.usage.total_tokens == last.usage.prompt_tokens + 16
     without = list(chat(messages=MSGS, max_tokens=4, temperature=0, stream=True))
     assert all(c.usage is None for c in without)
 

@@ -129,11 +129,20 @@ class LogprobsFormat:
 
     def __init__(self, lm: LanguageModel, chat: bool, n: int) -> None:
         self.lm, self.chat = lm, chat
-        self.offset = [0] * n  # characters of the completion so far, per choice
+        self.before = [b""] * n  # the completion's bytes so far, per choice (for text_offset)
 
     def _token(self, token: int, logprob: float) -> dict:
         raw = self.lm.token_bytes(token)
         return {"token": raw.decode("utf-8", "replace"), "logprob": _logprob(logprob), "bytes": list(raw)}
+
+    def _legacy(self, token: int) -> str:
+        # A byte-level token can be part of a UTF-8 character: the legacy API writes those as
+        # "bytes:\\xNN..." (it has no bytes field), so no text is made up.
+        raw = self.lm.token_bytes(token)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
     def __call__(self, i: int, entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict:
         if self.chat:
@@ -142,14 +151,15 @@ class LogprobsFormat:
                     "refusal": None}
         out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for e in entries:
-            tok = self._token(e.token, e.logprob)
-            out["tokens"].append(tok["token"])
-            out["token_logprobs"].append(tok["logprob"])
+            token = self._legacy(e.token)
+            out["tokens"].append(token)
+            out["token_logprobs"].append(_logprob(e.logprob))
             # As OpenAI's legacy API: the alternatives and the sampled token (so up to logprobs + 1).
-            top = {self._token(t, lp)["token"]: _logprob(lp) for t, lp in e.top}
-            out["top_logprobs"].append({**top, tok["token"]: tok["logprob"]})
-            out["text_offset"].append(self.offset[i])
-            self.offset[i] += len(tok["token"])
+            out["top_logprobs"].append({**{self._legacy(t): _logprob(lp) for t, lp in e.top},
+                                        token: _logprob(e.logprob)})
+            # The character where the token starts (a token inside a character: where that one starts).
+            out["text_offset"].append(len(self.before[i].decode("utf-8", "ignore")))
+            self.before[i] += self.lm.token_bytes(e.token)
         return out
 
 
