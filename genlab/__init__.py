@@ -12,11 +12,12 @@ Python API beside the CLI::
 __version__ = "0.1.0"
 
 
-def load(run, device: str = "auto"):
-    """Load a run directory (or an exported model) for generation."""
+def load(run, device: str = "auto", fast: bool = True):
+    """Load a run directory (or an exported model) for generation. ``fast=False``: the reference
+    inference path of a PyTorch run (no fused projections, no int8/int4 kernels)."""
     from genlab.generate.text import load_lm
 
-    return load_lm(run, device=device)
+    return load_lm(run, device=device, fast=fast)
 
 
 __all__ = ["__version__", "load"]

@@ -26,6 +26,7 @@ def small_lm(**kw) -> LMConfig:
 def test_kv_cache_matches_genlab_cache(kv, groups, layers, batch, dtype):
     cfg = small_lm(n_head=kv * groups, n_kv_head=kv, d_model=8 * kv * groups, n_layer=layers)
     cache = Transformer(cfg).new_cache(batch, dtype=dtype)
+    cache.reserve(cfg.context)  # a cache grows with what it holds: filled to the context here
     real = sum(t.nbytes for t in cache.k + cache.v)
     kv_dtype = "fp32" if dtype == torch.float32 else "bf16"
     assert memory.kv_cache_bytes(from_lm_config(cfg, "t"), cfg.context, batch, kv_dtype) == real

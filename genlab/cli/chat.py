@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from genlab.cli.common import err
-from genlab.cli.options import DeviceOpt
+from genlab.cli.options import DeviceOpt, FastOpt
 
 HELP = "/reset starts over, /exit (or Ctrl-D) leaves"
 
@@ -25,12 +25,13 @@ def chat_cmd(
     repetition_penalty: float = 1.1,
     seed: int = None,
     device: DeviceOpt = "auto",
+    fast: FastOpt = True,
 ):
     """Chat with a model: streaming replies, multi-turn history within its context."""
     from genlab.generate.chat import Conversation
     from genlab.generate.text import clean_text, load_lm
 
-    lm = load_lm(run, device=device)
+    lm = load_lm(run, device=device, fast=fast)
     talk = Conversation(lm, clean_text(system) if system else None)
     sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                     repetition_penalty=repetition_penalty, seed=seed)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from genlab.cli.common import comma_list, err, out
-from genlab.cli.options import DeviceOpt, ImageRunArg, LabelOpt, ScaleOpt
+from genlab.cli.options import DeviceOpt, FastOpt, ImageRunArg, LabelOpt, ScaleOpt
 from genlab.errors import GenlabError
 
 app = typer.Typer(no_args_is_help=True, help="Generate with a trained run.")
@@ -62,11 +62,12 @@ def generate_text_cmd(
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they come.")] = True,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the KV cache.")] = True,
     device: str = "auto",
+    fast: FastOpt = True,
 ):
     """Generate text from a prompt."""
     from genlab.generate.text import clean_text, load_lm
 
-    lm = load_lm(run, device=device)
+    lm = load_lm(run, device=device, fast=fast)
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                   repetition_penalty=repetition_penalty, stop=tuple(stop or ()), seed=seed, use_cache=cache)
     pieces = lm.stream(prompt, **kwargs)

@@ -44,6 +44,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q")]
 # ---- where and how to compute --------------------------------------------------------------------------
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+FastOpt = Annotated[bool, typer.Option("--fast/--no-fast", help="PyTorch runs: the fused, kernel-backed inference path (default), or the plain reference path.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16 (autocast).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
 FsdpOpt = Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard weights, gradients and optimizer state "

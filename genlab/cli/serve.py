@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from genlab.cli.common import comma_ints, err, out
-from genlab.cli.options import DeviceOpt
+from genlab.cli.options import DeviceOpt, FastOpt
 from genlab.errors import GenlabError
 
 studio_app = typer.Typer(no_args_is_help=True, help="The content studio: prompt -> article, illustration, narration.")
@@ -30,6 +30,7 @@ def serve_cmd(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1_000_000,
     speech_backend: SpeechBackendOpt = "auto",
     device: DeviceOpt = "auto",
+    fast: FastOpt = True,
 ):
     """Serve the models: OpenAI-compatible API, studio jobs and the web page at /."""
     from genlab.serve import ServerConfig, serve
@@ -46,7 +47,7 @@ def serve_cmd(
         text_run = default_text_run(log=err.print) or DEFAULT_TEXT_RUN
     serve(ServerConfig(text_run=text_run, image_run=image_run, data_dir=data_dir, host=host, port=port,
                        api_key=api_key or None, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
-                       max_body_bytes=max_body_bytes, device=device, speech_backend=speech_backend),
+                       max_body_bytes=max_body_bytes, device=device, fast=fast, speech_backend=speech_backend),
           log=err.print)
 
 

@@ -18,7 +18,7 @@ from genlab.data import tokenizer as tokmod
 from genlab.errors import ConfigError
 from genlab.generate.constrained import Grammar, GrammarError, Vocabulary
 from genlab.models.transformer import LMConfig
-from genlab.runtimes.base import Opened, Runner, TextTokenizer
+from genlab.runtimes.base import Opened, Runner, TextTokenizer, last_logits
 from genlab.runtimes.registry import open_lm
 
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs limit)
@@ -348,7 +348,7 @@ class LanguageModel:
         info.completion_ids, info.logprobs = detok.ids, sampler.kept
 
         def forward(tokens: torch.Tensor, cache, start: int) -> torch.Tensor:
-            return (self.model(tokens, cache, start) if use_cache else self.model(tokens))[0, -1]
+            return (last_logits(self.model, tokens, cache, start) if use_cache else last_logits(self.model, tokens))[0]
 
         tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
         cache = self.model.new_cache(1) if use_cache else None
@@ -384,7 +384,8 @@ class LanguageModel:
             yield piece
 
 
-def load_lm(path: str | Path, device: str = "auto") -> LanguageModel:
+def load_lm(path: str | Path, device: str = "auto", fast: bool = True) -> LanguageModel:
     """Any language-model artifact genlab reads (run, quantized run, .onnx, export folder, GGUF,
-    Hugging Face folder), opened by its runtime (genlab.runtimes.registry)."""
-    return LanguageModel.from_opened(open_lm(path, device))
+    Hugging Face folder), opened by its runtime (genlab.runtimes.registry). ``fast=False``: a
+    PyTorch run's reference path instead of its fused, kernel-backed inference path."""
+    return LanguageModel.from_opened(open_lm(path, device, fast=fast))

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab import kernels
 from genlab.errors import ConfigError, RunError
 from genlab.models.transformer import LMConfig, Transformer
 
@@ -179,9 +180,48 @@ class QuantLinear(_QuantWeight):
     def out_features(self) -> int:
         return self.rows
 
+    # genlab's CPU kernels (genlab.kernels) multiply by the integer weights directly instead of
+    # building a float matrix per call; int4 ones take their scales as fp32, kept here once
+    # (``prepare_kernels``). Elsewhere (GPUs, bf16, many rows) the weight is dequantized per call.
+    kernel_scale: torch.Tensor | None = None
+    use_kernels = True  # False: the reference path (dequantize per call), e.g. to measure against
+
+    def prepare_kernels(self) -> None:
+        self.kernel_scale = None
+        if self.bits == 4 and self.qweight.device.type == "cpu":
+            self.kernel_scale = self.scale.float().contiguous()
+
+    @classmethod
+    def fuse_rows(cls, layers: list[QuantLinear]) -> QuantLinear | None:
+        """transformer.fuse_rows for quantized layers: their rows concatenated (scales are per row or
+        per group within a row, so they concatenate the same way); the layers keep views."""
+        first = layers[0]
+        if any(m.bits != first.bits or m.cols != first.cols or m.scale.shape[1:] != first.scale.shape[1:]
+               or m.scale.dtype != first.scale.dtype for m in layers):
+            return None
+        qweight, scale = torch.cat([m.qweight for m in layers]), torch.cat([m.scale for m in layers])
+        fused = cls(qweight.shape[0], first.cols, QuantSpec("int8") if first.bits == 8 else
+                    QuantSpec("int4", first.cols // first.scale.shape[-1]))
+        fused.qweight, fused.scale = qweight, scale
+        start = 0
+        for m in layers:
+            m.qweight, m.scale = qweight[start : start + m.rows], scale[start : start + m.rows]
+            start += m.rows
+        for m in [fused, *layers]:
+            if first.kernel_scale is not None:
+                m.prepare_kernels()
+        return fused
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _DequantLinear.apply(x, self.qweight, self.scale, self.bits)
+        if self.use_kernels and kernels.usable(x, self.cols):
+            flat = x.reshape(-1, self.cols)
+            if self.bits == 8 and self.scale.dtype == torch.float32:
+                return kernels.q8_matmul(flat, self.qweight, self.scale).view(*x.shape[:-1], self.rows)
+            group = self.cols // self.scale.shape[-1]
+            if self.bits == 4 and self.kernel_scale is not None and group % 32 == 0:
+                return kernels.q4_matmul(flat, self.qweight, self.kernel_scale, group).view(*x.shape[:-1], self.rows)
         return F.linear(x, self.weight.to(x.dtype))
 
 
@@ -254,8 +294,12 @@ def prepare_for_load(model: Transformer, section: dict) -> Transformer:
 
 
 def finish_load(model: Transformer, section: dict) -> Transformer:
-    """After the weights are in: switch dynamic-int8 runs' linear layers to the int8 kernels."""
+    """After the weights are in (and on their device): give int4 layers their kernel's packed
+    weights; switch dynamic-int8 runs' linear layers to PyTorch's dynamic int8 kernels."""
     if section.get("method") != "dynamic-int8":
+        for m in model.modules():
+            if isinstance(m, QuantLinear):
+                m.prepare_kernels()
         return model
     if model.norm.weight.device.type != "cpu":
         raise RunError("dynamic-int8 runs use PyTorch's CPU int8 kernels; load them with --device cpu "

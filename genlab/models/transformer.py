@@ -66,9 +66,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 for stability under bf16 autocast, as Llama does.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Normalise in fp32 for stability under bf16 autocast, as Llama does (one fused op).
+        x32 = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * x32.type_as(x)
 
 
@@ -107,21 +106,76 @@ class Cache:
         return None
 
 
-class KVCache(Cache):
-    """Pre-allocated keys and values for every layer: (batch, n_kv_head, max_len, head_dim)."""
+def cache_capacity(needed: int, limit: int, smallest: int = 256) -> int:
+    """Positions to allocate for ``needed`` of them: the next power of two from ``smallest`` on, at
+    most ``limit``. A cache grows in these steps, so memory follows the tokens really held (not the
+    model's context) and it is re-allocated only a logarithmic number of times."""
+    size = smallest
+    while size < needed:
+        size *= 2
+    return min(size, limit)
 
-    def __init__(self, cfg: LMConfig, batch: int, max_len: int, device, dtype) -> None:
-        shape = (batch, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+
+class KVCache(Cache):
+    """Keys and values for every layer, (batch, n_kv_head, capacity, head_dim), growing in
+    power-of-two steps up to ``max_len`` as positions are written."""
+
+    def __init__(self, cfg: LMConfig, batch: int, max_len: int, device, dtype, capacity: int = 0) -> None:
+        self.shape = (batch, cfg.n_kv_head, 0, cfg.head_dim)
+        self.k = [torch.zeros(self.shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(self.shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.length = 0  # positions filled so far
         self.max_len = max_len
+        if capacity:
+            self.reserve(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+    def reserve(self, needed: int) -> None:
+        """Make room for ``needed`` positions (copying what is cached into the larger buffers)."""
+        if needed <= self.capacity:
+            return
+        if needed > self.max_len:
+            raise ValueError(f"sequence of {needed} tokens exceeds the cache's {self.max_len} positions")
+        size = cache_capacity(needed, self.max_len)
+        for buffers in (self.k, self.v):
+            for i, old in enumerate(buffers):
+                new = old.new_zeros(old.shape[0], old.shape[1], size, old.shape[3])
+                new[:, :, : old.shape[2]] = old
+                buffers[i] = new
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + k.shape[2]
+        if layer == 0:
+            self.reserve(end)
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def fuse_rows(layers: list[nn.Module]) -> nn.Module | None:
+    """One layer computing ``cat([layer(x) for layer in layers], -1)``, whose weights the given
+    layers then view; None when they are not all plain bias-free linear layers of one kind (the
+    quantized kind says how to fuse itself: ``fuse_rows`` on its class)."""
+    kind = type(layers[0])
+    if any(type(m) is not kind for m in layers):
+        return None
+    if kind is nn.Linear:
+        if any(m.bias is not None for m in layers):
+            return None
+        weight = torch.cat([m.weight.detach() for m in layers])
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        start = 0
+        for m in layers:
+            rows = m.weight.shape[0]
+            m.weight = nn.Parameter(weight[start : start + rows], requires_grad=m.weight.requires_grad)
+            start += rows
+        return fused
+    fuse = getattr(kind, "fuse_rows", None)
+    return fuse(layers) if fuse is not None else None
 
 
 class Attention(nn.Module):
@@ -136,17 +190,41 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, start: int = 0,
                 attn_mask: torch.Tensor | None = None):
+        q, k, v = self.project(x, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v, start)
+        return self.attend(q, k, v, attn_mask)
+
+    qkv: nn.Module | None = None  # set by fuse_for_inference: q, k and v projections as one matrix
+
+    def project(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (batch, heads, time, head_dim), rotated to their positions."""
         B, T, _ = x.shape
+        if self.qkv is not None:  # one product, and one rotation for the query and key heads together
+            heads = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
+            qk = apply_rotary(heads[:, : self.n_head + self.n_kv_head], cos, sin)
+            return qk[:, : self.n_head], qk[:, self.n_head :], heads[:, self.n_head + self.n_kv_head :]
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(layer, k, v, start)
-        if self.n_kv_head != self.n_head:
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def attend(self, q, k, v, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The new positions' queries over every key they may see (the cached ones included)."""
+        B, _, T, _ = q.shape
+        dropout = self.dropout if self.training else 0.0
+        groups = self.n_head // self.n_kv_head
+        if T == 1 and groups > 1 and not torch.compiler.is_compiling():
+            # One new token per row: the query heads that share a key/value head become that head's
+            # "query positions" (a reshape, no copy of the cache), and every one sees all cached
+            # positions the mask allows. Same result as repeating the keys. Eager only: exporters
+            # trace the repeat below (their fake SDPA outputs carry strides this reshape cannot view).
+            qg = q.view(B, self.n_kv_head, groups, self.head_dim)
+            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=attn_mask, dropout_p=dropout)
+            return self.o_proj(y.reshape(B, 1, -1))
+        if groups > 1:
             # Each key/value head serves n_head / n_kv_head query heads. Written as
             # repeat_interleave rather than SDPA's enable_gqa so every exporter can trace it.
-            groups = self.n_head // self.n_kv_head
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         S = k.shape[2]
@@ -157,11 +235,9 @@ class Attention(nn.Module):
         elif S == T:
             mask, causal = None, True
         else:  # a chunk appended after a cached prefix: causal within the chunk
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
             causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -174,7 +250,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
         self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
 
+    gate_up: nn.Module | None = None  # set by fuse_for_inference: gate and up projections as one matrix
+
     def forward(self, x):
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -188,8 +269,21 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, cache=None, layer=0, start=0, attn_mask=None):
-        x = x + self.drop(self.attn(self.input_norm(x), cos, sin, cache, layer, start, attn_mask))
-        return x + self.drop(self.mlp(self.post_attn_norm(x)))
+        # Two stages around the cache update, so that a compiled model (Transformer.compile_blocks)
+        # compiles pure tensor code and leaves the cache, a Python object, to eager mode.
+        q, k, v = self.stage_in(self, x, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v, start)
+        return self.stage_out(self, x, q, k, v, attn_mask)
+
+    @staticmethod
+    def stage_in(block: Block, x, cos, sin):
+        return block.attn.project(block.input_norm(x), cos, sin)
+
+    @staticmethod
+    def stage_out(block: Block, x, q, k, v, attn_mask):
+        x = x + block.drop(block.attn.attend(q, k, v, attn_mask))
+        return x + block.drop(block.mlp(block.post_attn_norm(x)))
 
 
 class Transformer(nn.Module):
@@ -226,16 +320,20 @@ class Transformer(nn.Module):
         return n
 
     batching = True  # rows at different positions can share a forward pass (through their cache)
+    scores_last_only = True  # forward(..., last_only=True) skips the LM head but for the last position
 
     @property
     def device(self) -> torch.device:
         # The norm, not the embedding: a quantized model's embedding has no float matrix to ask.
         return self.norm.weight.device
 
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None, start: int = 0,
+                last_only: bool = False) -> torch.Tensor:
         """Logits for every position of ``idx`` (batch, time). With a cache, ``idx`` continues
         the sequence at position ``start`` and its keys/values go into the cache; the cache may
-        place rows at positions of their own (``Cache.positions`` / ``Cache.attn_mask``)."""
+        place rows at positions of their own (``Cache.positions`` / ``Cache.attn_mask``).
+        ``last_only``: logits of the last position alone, (batch, 1, vocab) — what sampling needs;
+        a prefill then skips the LM head (the largest matrix) for every other position."""
         T = idx.shape[1]
         positions = cache.positions(start, T) if cache is not None else None
         attn_mask = cache.attn_mask(start, T) if cache is not None else None
@@ -254,8 +352,27 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, cache, i, start, attn_mask)
         if cache is not None:
             cache.length = start + T
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))
 
+    def fuse_for_inference(self) -> Transformer:
+        """Inference with fewer, larger products: each block's q/k/v projections become one matrix
+        product, and its gate/up projections another. The fused matrix holds the weights; the
+        original layers keep views of its rows, so nothing is stored twice and state_dict keeps
+        its names. Call it once the model is on its device (moving it afterwards separates the
+        views). Layers of other kinds (LoRA adapters) are left as they are."""
+        for block in self.layers:
+            attn, mlp = block.attn, block.mlp
+            fused = fuse_rows([attn.q_proj, attn.k_proj, attn.v_proj])
+            if fused is not None:
+                object.__setattr__(attn, "qkv", fused)  # not a submodule: its tensors are the layers' own
+            fused = fuse_rows([mlp.gate_proj, mlp.up_proj])
+            if fused is not None:
+                object.__setattr__(mlp, "gate_up", fused)
+        return self
+
     def new_cache(self, batch: int = 1, max_len: int | None = None, dtype=None) -> KVCache:
-        p = self.embed.weight
+        # The norm's gain, not the embedding: a quantized embedding has no float matrix to ask.
+        p = self.norm.weight
         return KVCache(self.cfg, batch, max_len or self.cfg.context, p.device, dtype or p.dtype)

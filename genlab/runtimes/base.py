@@ -45,6 +45,14 @@ class Runner(Protocol):
     def __call__(self, idx: torch.Tensor, cache: Any = None, start: int = 0) -> torch.Tensor: ...
 
 
+def last_logits(runner: Runner, idx: torch.Tensor, cache: Any = None, start: int = 0) -> torch.Tensor:
+    """(batch, vocab) logits of each row's last position: all that sampling needs. A runner that can
+    skip the LM head for the other positions (``scores_last_only``: genlab's Transformer) does."""
+    if getattr(runner, "scores_last_only", False):
+        return runner(idx, cache, start, last_only=True)[:, -1]
+    return runner(idx, cache, start)[:, -1]
+
+
 class TextTokenizer(Protocol):
     """The part of ``tokenizers.Tokenizer`` genlab uses (llama.cpp brings its own tokenizer)."""
 

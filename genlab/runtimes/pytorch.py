@@ -9,7 +9,7 @@ from genlab import runs
 from genlab.data import tokenizer as tokmod
 from genlab.device import pick_device
 from genlab.errors import RunError
-from genlab.models.quantized import dequantized, finish_load, prepare_for_load
+from genlab.models.quantized import QuantLinear, dequantized, finish_load, prepare_for_load
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.runtimes.base import Opened, read_json_config
 from genlab.train import finetune
@@ -36,7 +36,13 @@ def _build(run: Path, cfg: dict) -> Transformer:
     return model.eval()
 
 
-def open_artifact(path: Path, device: str = "auto") -> Opened:
+FAST_OPTION = True  # open_artifact takes ``fast`` (the registry passes it on)
+
+
+def open_artifact(path: Path, device: str = "auto", fast: bool = True) -> Opened:
+    """``fast`` (the default): the inference path — fused projections and, for int8/int4 runs on
+    a CPU, genlab's own kernels (genlab.kernels). False: the plain model as trained, the
+    reference that the fast path is checked against (same tokens; logits within float rounding)."""
     cfg = runs.read_config(path)
     if cfg["family"] != "lm":
         raise RunError(f"run '{path}' holds a {cfg['family']} model, not a lm model "
@@ -47,6 +53,11 @@ def open_artifact(path: Path, device: str = "auto") -> Opened:
     model = _build(path, cfg).to(pick_device(device))
     if quant:
         finish_load(model, quant)
+        for m in model.modules():
+            if isinstance(m, QuantLinear):
+                m.use_kernels = fast
+    if fast and isinstance(model, Transformer):  # (a LoRA run's model is peft's wrapper: left as it is)
+        model.fuse_for_inference()
     tok = tokmod.load(path / runs.TOKENIZER)
     # Imported checkpoints may end documents with another token than genlab's own.
     eot = tok.token_to_id(cfg.get("eos_token") or tokmod.EOT)

@@ -53,7 +53,11 @@ def _unknown(path: Path) -> str:
     return f"'{path}' is not a genlab run or any model genlab can open (a {what} without config.json); it opens {known}"
 
 
-def open_lm(path: str | Path, device: str = "auto") -> Opened:
-    """Open a language-model artifact with the runtime that reads it."""
+def open_lm(path: str | Path, device: str = "auto", fast: bool = True) -> Opened:
+    """Open a language-model artifact with the runtime that reads it. ``fast=False`` asks a runtime
+    that has a separate fast inference path (``FAST_OPTION``: PyTorch runs) for its reference path."""
     path = Path(path)
-    return find_runtime(path).open_artifact(path, device)
+    module = find_runtime(path)
+    if getattr(module, "FAST_OPTION", False):
+        return module.open_artifact(path, device, fast=fast)
+    return module.open_artifact(path, device)

@@ -19,6 +19,7 @@ class ServerConfig:
     max_body_bytes: int = 1_000_000
     max_n: int = 8
     device: str = "auto"
+    fast: bool = True  # PyTorch runs: the fused, kernel-backed inference path (False: the reference path)
     semantic_labels: bool = True
     speech_backend: str = "auto"
     extra: dict = field(default_factory=dict)

@@ -141,10 +141,11 @@ def _inference_checks(model, a: Architecture, machine: Device, batch: int, decod
     prompt = max(1, min(a.context // 2, a.context - decode_tokens))
     idx = torch.randint(0, a.vocab_size, (batch, prompt), device=device)
     cache = model.new_cache(batch)
+    cache.reserve(a.context)  # a full context's worth: what the prediction is for
     checks = [
         Check("weights (fp32)", memory.weight_bytes(pc, "fp32"), _nbytes(model.parameters()), "bytes", "parameters"),
         Check(f"KV cache ({batch} x {a.context}, fp32)", memory.kv_cache_bytes(a, a.context, batch, "fp32"),
-              _nbytes(cache.k + cache.v), "bytes", "new_cache()"),
+              _nbytes(cache.k + cache.v), "bytes", "new_cache().reserve(context)"),
     ]
     with torch.inference_mode():
         t_prefill = _timed(device, lambda: model(idx, cache, 0), 3)

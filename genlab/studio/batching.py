@@ -35,10 +35,11 @@ from genlab.generate.text import (
     GenerationInfo,
     LanguageModel,
     SamplingOptions,
-    next_token,
+    TokenSampler,
     start_generation,
 )
-from genlab.models.transformer import Cache, KVCache, LMConfig
+from genlab.models.transformer import Cache, KVCache, LMConfig, cache_capacity
+from genlab.runtimes.base import last_logits
 
 Event = tuple[str, object]  # ("text", str) | ("done", GenerationInfo) | ("error", str)
 Sink = Callable[[Event], None]
@@ -49,40 +50,81 @@ class SlotCache(Cache):
 
     During a batched step row ``i`` writes its new key at its own position ``pos[i]``, gets the
     rotary position ``pos[i]`` and attends to its own filled positions: the model asks the cache
-    (``positions``, ``attn_mask``), so it needs no code of its own for batching."""
+    (``positions``, ``attn_mask``), so it needs no code of its own for batching.
+
+    The buffers follow what is in flight, not the model's context: rows grow with the number of
+    sequences and positions with the longest of them, both in power-of-two steps
+    (``transformer.cache_capacity``), and attention reads only up to the longest row's length.
+    ``release`` drops them when no sequence is left."""
 
     def __init__(self, cfg: LMConfig, slots: int, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (slots, cfg.n_kv_head, cfg.context, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.pos = torch.zeros(slots, dtype=torch.long, device=device)  # next position to write, per row
+        self.cfg, self.slots, self.device, self.dtype = cfg, slots, device, dtype
         self.context = cfg.context
+        self.pos = torch.zeros(slots, dtype=torch.long)  # next position to write, per row (CPU: cheap to read)
         self.length = 0  # Transformer.forward records it; rows have their own lengths in ``pos``
+        self.release()
+
+    def release(self) -> None:
+        shape = (0, self.cfg.n_kv_head, 0, self.cfg.head_dim)
+        self.k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.cfg.n_layer)]
+        self.pos.zero_()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, positions) allocated now."""
+        return self.k[0].shape[0], self.k[0].shape[2]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def reserve(self, rows: int, positions: int, shrink: bool = False) -> None:
+        """Room for ``rows`` sequences of up to ``positions`` tokens. With ``shrink``, buffers more
+        than twice what that needs are cut down to it (the hysteresis keeps sequences that come and
+        go from re-allocating every step)."""
+        have_rows, have_pos = self.shape
+        need_rows, need_pos = cache_capacity(rows, self.slots, smallest=1), cache_capacity(positions, self.context)
+        too_big = shrink and (have_rows > 2 * need_rows or have_pos > 2 * need_pos)
+        if rows <= have_rows and positions <= have_pos and not too_big:
+            return
+        new_rows = need_rows if too_big else max(have_rows, need_rows)
+        new_pos = need_pos if too_big else max(have_pos, need_pos)
+        keep_rows, keep_pos = min(have_rows, new_rows), min(have_pos, new_pos)
+        for buffers in (self.k, self.v):
+            for i, old in enumerate(buffers):
+                new = old.new_zeros(new_rows, old.shape[1], new_pos, old.shape[3])
+                new[:keep_rows, :, :keep_pos] = old[:keep_rows, :, :keep_pos]
+                buffers[i] = new
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = k.shape[0]
-        rows = torch.arange(n, device=k.device)
-        self.k[layer][rows, :, self.pos[:n]] = k[:, :, 0]
-        self.v[layer][rows, :, self.pos[:n]] = v[:, :, 0]
-        return self.k[layer][:n], self.v[layer][:n]
+        self.k[layer][self._rows, :, self._dev_pos] = k[:, :, 0]
+        self.v[layer][self._rows, :, self._dev_pos] = v[:, :, 0]
+        return self.k[layer][:n, :, : self._span], self.v[layer][:n, :, : self._span]
 
     def positions(self, start: int, T: int) -> torch.Tensor:
         if T != 1:
             raise ValueError("a SlotCache takes one token per row (prefill each sequence on its own cache)")
-        return self._rows_pos[:, None]
+        return self._dev_pos[:, None]
 
     def attn_mask(self, start: int, T: int) -> torch.Tensor:
-        """(n, 1, 1, context): row i sees its positions up to and including the one being written."""
-        seen = torch.arange(self.context, device=self.pos.device)[None, :] <= self._rows_pos[:, None]
-        return seen[:, None, None, :]
+        """(n, 1, 1, span): row i sees its positions up to and including the one being written."""
+        return self._mask
 
     def step(self, n: int) -> None:
         """Say that the next forward pass feeds rows 0..n-1 (one token each)."""
-        if int(self.pos[:n].max()) >= self.context:
-            raise ValueError(f"position {int(self.pos[:n].max())} exceeds the context of {self.context}")
-        self._rows_pos = self.pos[:n].clone()
+        longest = int(self.pos[:n].max())
+        if longest >= self.context:
+            raise ValueError(f"position {longest} exceeds the context of {self.context}")
+        self.reserve(n, longest + 1, shrink=True)  # rows 0..n-1 hold every sequence in flight
+        self._span = longest + 1
+        self._rows = torch.arange(n, device=self.device)
+        self._dev_pos = self.pos[:n].to(self.device)
+        seen = torch.arange(self._span, device=self.device)[None, :] <= self._dev_pos[:, None]
+        self._mask = seen[:, None, None, :]
 
     def load_row(self, row: int, cache: KVCache, length: int) -> None:
+        self.reserve(row + 1, length)
         for layer in range(len(self.k)):
             self.k[layer][row, :, :length] = cache.k[layer][0, :, :length]
             self.v[layer][row, :, :length] = cache.v[layer][0, :, :length]
@@ -104,6 +146,7 @@ class _Sequence:
     gen: torch.Generator
     info: GenerationInfo
     detok: Detokenizer
+    sampler: TokenSampler  # bias, penalties, grammar mask, logprobs: this sequence's own
     logits: torch.Tensor | None = None
     cache: object = None  # runners that cannot batch: this sequence's own cache
     cancelled: bool = False
@@ -164,8 +207,9 @@ class BatchScheduler:
         opts.stop = tuple(opts.stop or ())
         opts.validate()
         ids, info, gen = start_generation(self.lm.encode(prompt), self.lm.config.context, self.lm.eot, opts)
-        seq = _Sequence(ids=ids, opts=opts, sink=sink, gen=gen, info=info, detok=Detokenizer(self.lm.decode, opts.stop))
-        info.completion_ids = seq.detok.ids
+        seq = _Sequence(ids=ids, opts=opts, sink=sink, gen=gen, info=info, detok=Detokenizer(self.lm.decode, opts.stop),
+                        sampler=TokenSampler(opts, gen, self.lm.config.vocab_size))
+        info.completion_ids, info.logprobs = seq.detok.ids, seq.sampler.kept
         with self._cv:
             if self._stopped:
                 raise RuntimeError("the scheduler is stopped")
@@ -254,7 +298,7 @@ class BatchScheduler:
         model = self.lm.model
         cache = model.new_cache(1)
         tokens = torch.tensor([ids], dtype=torch.long, device=self.lm.device)
-        logits = model(tokens, cache, 0)[0, -1]
+        logits = last_logits(model, tokens, cache, 0)[0]
         if not self._batched:
             seq.cache = cache
             return logits
@@ -284,17 +328,19 @@ class BatchScheduler:
 
     def _emit(self, seq: _Sequence, tok: int) -> None:
         """Add a sampled token; send whatever text is now safe to send; finish on stop or length."""
+        sampler = seq.sampler  # its pieces carry the logprobs of the tokens they complete
         if tok == self.lm.eot and not seq.opts.ignore_eot:
-            self._send(seq, seq.detok.finish())
+            self._send(seq, sampler.piece(seq.detok.finish()))
             self._finish(seq, "stop")
             return
+        sampler.keep()
         seq.ids.append(tok)
-        self._send(seq, seq.detok.add(tok))
+        self._send(seq, sampler.piece(seq.detok.add(tok)))
         seq.info.completion_tokens = len(seq.detok.ids)
         if seq.detok.stopped:
             self._finish(seq, "stop")
         elif len(seq.detok.ids) >= seq.opts.max_tokens:
-            self._send(seq, seq.detok.finish())
+            self._send(seq, sampler.piece(seq.detok.finish()))
             self._finish(seq, "length")
 
     def _step(self) -> None:
@@ -305,7 +351,7 @@ class BatchScheduler:
                 continue
             history = torch.tensor(seq.ids[-ctx:]) if seq.opts.repetition_penalty != 1.0 else None
             assert seq.logits is not None
-            self._emit(seq, next_token(seq.logits.cpu(), seq.opts, history, seq.gen))
+            self._emit(seq, seq.sampler.sample(seq.logits.cpu(), history))
         survivors = [s for s in self._active if not s.finished]
         if self._batched:  # compact: survivors keep their order and move down to rows 0..n-1
             row_of = {id(s): i for i, s in enumerate(self._active)}
@@ -315,6 +361,8 @@ class BatchScheduler:
         self._active = survivors
         n = len(survivors)
         if not n:
+            if self._cache is not None and not self._pending:
+                self._cache.release()  # nothing in flight: hold no keys and values
             return
         for row, seq in enumerate(survivors):
             if len(seq.ids) > ctx:
@@ -325,11 +373,11 @@ class BatchScheduler:
         if self._batched:
             tokens = torch.tensor([[s.ids[-1]] for s in survivors], dtype=torch.long, device=self.lm.device)
             self._cache.step(n)
-            logits = self.lm.model(tokens, self._cache, 0)[:, -1]
+            logits = last_logits(self.lm.model, tokens, self._cache, 0)
             self._cache.pos[:n] += 1
         else:
-            logits = [self.lm.model(torch.tensor([[s.ids[-1]]], dtype=torch.long, device=self.lm.device), s.cache,
-                                    len(s.ids) - 1)[0, -1] for s in survivors]
+            logits = [last_logits(self.lm.model, torch.tensor([[s.ids[-1]]], dtype=torch.long, device=self.lm.device),
+                                  s.cache, len(s.ids) - 1)[0] for s in survivors]
         for seq, row_logits in zip(survivors, logits, strict=True):
             seq.logits = row_logits
         self.stats.record(n)
