@@ -42,7 +42,7 @@ bench: setup
 # llama.cpp from source (long on 2 cores; pip caches the wheel, so once per machine), which is
 # why it is not part of `make setup`: without it those tests skip and say so.
 gguf-check: setup
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install -q llama-cpp-python
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install -q 'llama-cpp-python[server]'
 	$(BIN)/python -m pytest tests/test_export_gguf.py
 
 clean:

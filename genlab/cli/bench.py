@@ -1,4 +1,4 @@
-"""`genlab bench train-lm|generate|runtimes|finetune|transfer|chat|train-gan|train-vae`."""
+"""`genlab bench train-lm|generate|runtimes|decode|serve|finetune|transfer|chat|train-gan|train-vae`."""
 
 from __future__ import annotations
 
@@ -70,6 +70,82 @@ def bench_runtimes_cmd(
                        f"(decode tok/s = 1 / median step time); each row measured in its own process; parity "
                        f"against PyTorch eager fp32; greedy agreement = identical leading greedy tokens; "
                        f"perplexity on the first 4,096 validation tokens.")
+
+
+def _print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; Markdown when piped (eleven columns do not fit 80 characters)."""
+    from genlab.bench import markdown_table, show_table
+
+    if out.is_terminal:
+        show_table(title, headers, rows)
+    else:
+        out.print(markdown_table(headers, rows), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("decode")
+def bench_decode_cmd(
+    run: Annotated[Path, typer.Argument(help="LM run (float) to measure; quantized and exported variants are made from it.")],
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length for the time to first token.")] = 512,
+    new_tokens: Annotated[int, typer.Option(help="Greedy tokens decoded per timed generation.")] = 128,
+    threads: Annotated[int, typer.Option(help="CPU threads for every row (default: PyTorch's).")] = None,
+    only: Annotated[str, typer.Option(help="Comma list of runtimes (genlab, transformers, llama.cpp) or "
+                                           "runtime:precision (genlab:int8, llama.cpp:q8_0, llama.cpp:original); "
+                                           "default all.")] = "",
+    work: Annotated[Path, typer.Option(help="Folder for the quantized and exported variants (reused between runs).")] = None,
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """Batch-1 greedy decode: genlab (fp32/bf16/int8/int4, fast and eager) vs transformers vs llama.cpp."""
+    import shlex
+    import sys
+
+    from genlab.bench import append_section, markdown_table
+    from genlab.bench_decode import HEADERS, bench_decode, notes_text, table_rows
+
+    bench = bench_decode(run, prompt_tokens, new_tokens, threads, work, comma_list(only) or None,
+                         log=lambda m: err.print(m, markup=False, highlight=False))
+    rows = table_rows(bench)
+    _print_table(f"decode: {run}", HEADERS, rows)
+    append_section(None if no_write else write, f"Decode speed for {run.name} (`bench decode`)",
+                   "genlab " + shlex.join(sys.argv[1:]), markdown_table(HEADERS, rows), notes_text(bench))
+
+
+@app.command("serve")
+def bench_serve_cmd(
+    run: Annotated[Path, typer.Argument(help="LM run that `genlab serve` serves (llama.cpp gets the GGUF of the same model).")],
+    clients: Annotated[str, typer.Option(help="Concurrent streaming clients per level (1 is always measured).")] = "1,4,16,32",
+    requests: Annotated[int, typer.Option(help="Requests per client per level, sent one after another.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per request.")] = 64,
+    threads: Annotated[int, typer.Option(help="CPU threads of each server (default: PyTorch's).")] = None,
+    llama: Annotated[bool, typer.Option("--llama/--no-llama", help="Also measure llama.cpp's server when installed.")] = True,
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """`genlab serve` (dynamic batching) vs llama.cpp's OpenAI server: tok/s, latency and TTFT per client level."""
+    import shlex
+    import sys
+
+    from genlab.bench import append_section, markdown_table
+    from genlab.bench_serve import HEADERS, bench_serve, table_rows
+    from genlab.errors import GenlabError
+
+    try:
+        levels = comma_ints(clients, "--clients", "positive numbers separated by commas, e.g. 1,4,16")
+    except GenlabError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise GenlabError(f"--clients must be positive numbers separated by commas, e.g. 1,4,16 (got '{clients}')")
+    rows, what = bench_serve(run, levels, requests, max_tokens, threads, llama,
+                             log=lambda m: err.print(m, markup=False, highlight=False))
+    table = table_rows(rows)
+    _print_table(f"serve: {run}", HEADERS, table)
+    append_section(None if no_write else write, f"Serving {run.name} under load (`bench serve`)",
+                   "genlab " + shlex.join(sys.argv[1:]), markdown_table(HEADERS, table),
+                   f"{what}. Each level: that many clients, each sending {requests} streaming chat completions "
+                   f"of {max_tokens} tokens in sequence (genlab: `ignore_eos`; llama.cpp: `min_tokens`, its tokens "
+                   "counted as streamed chunks with text), greedy, both servers in their own process on 127.0.0.1. "
+                   "Per-client tok/s = mean of each request's tokens / its latency; TTFT = request sent to first "
+                   "text chunk; vs 1 client = total tok/s over the same server's one-client level.")
 
 
 @app.command("finetune")

@@ -4,6 +4,9 @@ streaming clients, against one-at-a-time (one client, requests in sequence) as t
 It starts its own server on 127.0.0.1 (a free port) with the given LM run, so the figures are
 side by side from one process on one machine; every request asks for exactly ``max_tokens``
 tokens (``ignore_eos``) so that all levels do the same work.
+
+``stream_request`` / ``run_level`` are the load generator; `genlab bench serve` (genlab.bench_serve)
+drives the same one against `genlab serve` and llama.cpp's server, each in its own process.
 """
 
 from __future__ import annotations
@@ -35,34 +38,55 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-async def _one(client, url: str, prompt: str, max_tokens: int, seed: int) -> tuple[float, int]:
-    body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 1.0, "seed": seed,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+@dataclass
+class RequestStats:
+    latency_s: float  # request sent -> stream ended
+    ttft_s: float  # request sent -> first chunk with text
+    tokens: int  # the usage the server reports, else the chunks with text (one token each, or a few)
+
+
+async def stream_request(client, url: str, path: str, body: dict) -> RequestStats:
+    """One streaming OpenAI request (``/v1/completions`` or ``/v1/chat/completions``), timed."""
     t = time.perf_counter()
-    tokens = 0
-    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+    ttft, chunks, usage = 0.0, 0, None
+    async with client.stream("POST", url + path, json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"server answered {r.status_code}: {await r.aread()!r}")
         async for line in r.aiter_lines():
-            if line.startswith("data: {"):
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-    return time.perf_counter() - t, tokens
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices") or []:
+                if choice.get("text") or (choice.get("delta") or {}).get("content"):
+                    chunks += 1
+                    ttft = ttft or time.perf_counter() - t
+    return RequestStats(time.perf_counter() - t, ttft, chunks if usage is None else usage)
 
 
-async def _level(url: str, clients: int, per_client: int, max_tokens: int, headers: dict) -> tuple[list[float], int, float]:
+async def run_level(url: str, clients: int, per_client: int, make_request, headers: dict | None = None
+                    ) -> tuple[list[RequestStats], float]:
+    """``clients`` concurrent clients, each sending ``per_client`` requests in sequence;
+    ``make_request(client, i) -> (path, body)``. Returns every request's stats and the wall time."""
     import httpx
 
-    async with httpx.AsyncClient(timeout=600, headers=headers) as client:
-        async def worker(c: int) -> list[tuple[float, int]]:
-            return [await _one(client, url, "The", max_tokens, 1000 * c + i) for i in range(per_client)]
+    async with httpx.AsyncClient(timeout=600, headers=headers or {}) as client:
+        async def worker(c: int) -> list[RequestStats]:
+            return [await stream_request(client, url, *make_request(c, i)) for i in range(per_client)]
 
         t = time.perf_counter()
         done = await asyncio.gather(*(worker(c) for c in range(clients)))
         wall = time.perf_counter() - t
-    pairs = [p for w in done for p in w]
-    return [p[0] for p in pairs], sum(p[1] for p in pairs), wall
+    return [s for w in done for s in w], wall
+
+
+def _completion(max_tokens: int):
+    def make(c: int, i: int) -> tuple[str, dict]:
+        return "/v1/completions", {"prompt": "The", "max_tokens": max_tokens, "stream": True, "temperature": 1.0,
+                                   "seed": 1000 * c + i, "ignore_eos": True,
+                                   "stream_options": {"include_usage": True}}
+    return make
 
 
 def bench_serve(text_run: str | Path, levels: tuple[int, ...] = (1, 4, 16), requests_per_client: int = 4,
@@ -83,7 +107,8 @@ def bench_serve(text_run: str | Path, levels: tuple[int, ...] = (1, 4, 16), requ
         with ServerThread(app) as srv:
             for clients in sorted(set(levels) | {1}):
                 s0, t0 = sched.stats.steps, sched.stats.tokens
-                lat, tokens, wall = asyncio.run(_level(srv.url, clients, requests_per_client, max_tokens, {}))
+                stats, wall = asyncio.run(run_level(srv.url, clients, requests_per_client, _completion(max_tokens)))
+                lat, tokens = [r.latency_s for r in stats], sum(r.tokens for r in stats)
                 steps = sched.stats.steps - s0
                 results.append(LoadResult(clients, len(lat), tokens, round(wall, 3), round(tokens / wall, 2),
                                           round(percentile(lat, 0.5), 3), round(percentile(lat, 0.95), 3),
