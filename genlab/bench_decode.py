@@ -1,7 +1,7 @@
 """`genlab bench decode RUN`: batch-1 greedy decoding of one LM, genlab next to transformers and llama.cpp.
 
 Rows: genlab at fp32, bf16, int8 and int4 (quantized runs made from RUN, group size 32), each with the
-fast path on and off (``load_lm(..., compile=...)``); transformers ``generate()`` at fp32 on an HF
+fast path on and off (``load_lm(..., fast=...)``); transformers ``generate()`` at fp32 on an HF
 export of the same weights; llama.cpp (llama-cpp-python) on genlab's own GGUF exports (f16, q8_0) and,
 for a run imported from a GGUF file, on that original file.
 
@@ -20,7 +20,6 @@ Every row runs in a fresh worker process (so its peak memory is its own) on the 
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import statistics
@@ -151,7 +150,7 @@ def _hf_generate(hf, ids: list[int], n: int) -> tuple[float, list[int]]:
 def _time_by_difference(gen, spec: dict) -> tuple[float, float, list[int]]:
     """(decode tok/s, time to first token in s, greedy ids) through a generate(ids, n) call."""
     chat, long, n = spec["chat_ids"], spec["long_ids"], spec["new_tokens"]
-    gen(chat, n)  # warm-up: the decode path (a compiled one compiles here) ...
+    gen(chat, n)  # warm-up: the decode path (kernels built on first use are built here) ...
     gen(long, 1)  # ... and the long prefill
     ttft = statistics.median(gen(long, 1)[0] for _ in range(3))
     one = statistics.median(gen(chat, 1)[0] for _ in range(3))
@@ -183,17 +182,11 @@ def _peak_rss_mb() -> float:
 def _measure_torch(spec: dict) -> dict:
     import torch
 
-    from genlab.generate.text import load_lm
+    from genlab.bench_runtimes import load_variant
 
     torch.set_num_threads(spec["threads"])
     torch.set_grad_enabled(False)
-
-    kw = {}
-    if spec["runtime"] == "genlab" and "compile" in inspect.signature(load_lm).parameters:
-        kw["compile"] = spec["mode"] == "fast"
-    lm = load_lm(spec["path"], device="cpu", **kw)
-    if spec["precision"] == "bf16":
-        lm.model.to(torch.bfloat16)
+    lm = load_variant(Path(spec["path"]), spec["precision"], fast=spec["mode"] != "eager")
     if spec["runtime"] == "transformers":
         hf = lm.model.hf
         tok_s, ttft, greedy = _time_by_difference(lambda ids, n: _hf_generate(hf, ids, n), spec)
@@ -338,9 +331,8 @@ def bench_decode(run: str | Path, prompt_tokens: int = 512, new_tokens: int = 12
     import torch
 
     from genlab import runs
-    from genlab.bench_runtimes import Skip, _claim_work_dir
+    from genlab.bench_runtimes import Skip, _claim_work_dir, fast_flag
     from genlab.export.common import leading_agreement
-    from genlab.generate.text import load_lm
     from genlab.sizing.hardware import measure_bandwidth
 
     run = Path(run)
@@ -360,8 +352,8 @@ def bench_decode(run: str | Path, prompt_tokens: int = 512, new_tokens: int = 12
     notes = []
     if len(long) < prompt_tokens:
         notes.append(f"prompt cut to {len(long)} tokens (the model's context is {ctx})")
-    if "compile" not in inspect.signature(load_lm).parameters:
-        notes.append("load_lm has no compile= here: the fast and eager rows run the same path")
+    if fast_flag() is None:
+        notes.append("load_lm has no fast= here: the fast and eager rows run the same path")
 
     work = Path(work or tempfile.mkdtemp(prefix="genlab-decode-"))
     _claim_work_dir(work, run)

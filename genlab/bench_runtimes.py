@@ -132,14 +132,36 @@ def prepare(run: Path, work: Path, runtime: str, precision: str, log) -> Path:
     raise ConfigError(f"unknown runtime '{runtime}'")
 
 
+def fast_flag() -> str | None:
+    """The keyword of ``load_lm`` that picks the fast inference path (``fast``; ``compile`` in the
+    first design), or None where it has none."""
+    import inspect
+
+    from genlab.generate.text import load_lm
+
+    params = inspect.signature(load_lm).parameters
+    return next((k for k in ("fast", "compile") if k in params), None)
+
+
+def load_variant(path: Path, precision: str, fast: bool = True):
+    """``load_lm(path)`` on the CPU, fast path on or off; bf16 = the weights cast after loading, before
+    the fast path fuses the projections (the fused matrices are no submodules: a later ``.to()`` misses them)."""
+    from genlab.generate.text import load_lm
+
+    flag = fast_flag()
+    lm = load_lm(path, device="cpu", **({flag: fast and precision != "bf16"} if flag else {}))
+    if precision == "bf16":
+        lm.model.to(torch.bfloat16)
+        if fast and flag and hasattr(lm.model, "fuse_for_inference"):
+            lm.model.fuse_for_inference()
+    return lm
+
+
 def _open(runtime: str, precision: str, path: Path, run: Path):
     """The variant as a ``LanguageModel`` (the timed part of loading)."""
     from genlab.data import tokenizer as tokmod
-    from genlab.generate.text import load_lm
 
-    lm = load_lm(path, device="cpu")
-    if precision == "bf16":
-        lm.model.to(torch.bfloat16)
+    lm = load_variant(path, precision)
     # Every row encodes the prompts with the run's own tokenizer (llama.cpp brings its own, which
     # may split text differently), so all runtimes see the same token ids.
     lm.tokenizer = tokmod.load(run / runs.TOKENIZER)

@@ -73,6 +73,22 @@ def test_decode_rows_are_measured_with_parity(trained_run, tmp_path):
     assert len(rows) == 5 and all(len(r) == len(HEADERS) for r in rows)
 
 
+def test_bf16_fast_path_is_cast_before_its_projections_are_fused(trained_run):
+    import torch
+
+    from genlab.bench_runtimes import load_variant
+
+    eager, fast = load_variant(trained_run, "bf16", fast=False), load_variant(trained_run, "bf16", fast=True)
+    assert all(p.dtype == torch.bfloat16 for p in fast.model.parameters())
+    fused = getattr(fast.model.layers[0].attn, "qkv", None)
+    if fused is not None:  # the fast path's fused q/k/v matrix is bf16 too (a later .to() would miss it)
+        assert fused.weight.dtype == torch.bfloat16
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        a, b = eager.model(ids)[0].float(), fast.model(ids)[0].float()
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
+
+
 def test_missing_runtimes_are_rows_with_the_reason(trained_run, tmp_path, monkeypatch):
     import genlab.bench_runtimes as br
 

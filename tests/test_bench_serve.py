@@ -52,3 +52,20 @@ def test_cli_writes_a_section_and_refuses_bad_input(trained_run, tmp_path):
         r = subprocess.run([*GENLAB, "bench", "serve", *args, "--no-write"], capture_output=True, text=True)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_llama_cpp_serves_the_file_a_run_was_imported_from(trained_run, tmp_path):
+    import pytest
+
+    pytest.importorskip("gguf")
+    from genlab import runs
+    from genlab.bench_serve import _gguf_for
+    from genlab.export.gguf import export_gguf
+
+    original = tmp_path / "original.gguf"
+    export_gguf(trained_run, original, "f16", log=lambda m: None)
+    cfg = {**runs.read_config(trained_run), "imported_from": {"path": str(original), "format": "gguf"}}
+    assert _gguf_for(trained_run, cfg, tmp_path, log=lambda m: None) == (original, "llama.cpp (F16, original file)")
+    cfg["imported_from"]["path"] = str(tmp_path / "gone.gguf")  # moved away: genlab's own q8_0 export instead
+    path, name = _gguf_for(trained_run, cfg, tmp_path, log=lambda m: None)
+    assert path == tmp_path / "model-q8_0.gguf" and path.is_file() and name == "llama.cpp (q8_0, genlab GGUF)"
