@@ -203,13 +203,15 @@ class QuantLinear(_QuantWeight):
         fused = cls(qweight.shape[0], first.cols, QuantSpec("int8") if first.bits == 8 else
                     QuantSpec("int4", first.cols // first.scale.shape[-1]))
         fused.qweight, fused.scale = qweight, scale
+        if first.kernel_scale is not None:
+            fused.prepare_kernels()
         start = 0
         for m in layers:
-            m.qweight, m.scale = qweight[start : start + m.rows], scale[start : start + m.rows]
+            rows = slice(start, start + m.rows)
+            m.qweight, m.scale = qweight[rows], scale[rows]
+            if fused.kernel_scale is not None:
+                m.kernel_scale = fused.kernel_scale[rows]
             start += m.rows
-        for m in [fused, *layers]:
-            if first.kernel_scale is not None:
-                m.prepare_kernels()
         return fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,12 +295,14 @@ def prepare_for_load(model: Transformer, section: dict) -> Transformer:
     return model
 
 
-def finish_load(model: Transformer, section: dict) -> Transformer:
-    """After the weights are in (and on their device): give int4 layers their kernel's packed
-    weights; switch dynamic-int8 runs' linear layers to PyTorch's dynamic int8 kernels."""
+def finish_load(model: Transformer, section: dict, use_kernels: bool = True) -> Transformer:
+    """After the weights are in (and on their device): int8/int4 layers run genlab's kernels
+    (``use_kernels``; False: dequantize per call, the reference path); dynamic-int8 runs' linear
+    layers switch to PyTorch's dynamic int8 kernels."""
     if section.get("method") != "dynamic-int8":
         for m in model.modules():
             if isinstance(m, QuantLinear):
+                m.use_kernels = use_kernels
                 m.prepare_kernels()
         return model
     if model.norm.weight.device.type != "cpu":

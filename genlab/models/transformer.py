@@ -269,21 +269,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, cache=None, layer=0, start=0, attn_mask=None):
-        # Two stages around the cache update, so that a compiled model (Transformer.compile_blocks)
-        # compiles pure tensor code and leaves the cache, a Python object, to eager mode.
-        q, k, v = self.stage_in(self, x, cos, sin)
-        if cache is not None:
-            k, v = cache.update(layer, k, v, start)
-        return self.stage_out(self, x, q, k, v, attn_mask)
-
-    @staticmethod
-    def stage_in(block: Block, x, cos, sin):
-        return block.attn.project(block.input_norm(x), cos, sin)
-
-    @staticmethod
-    def stage_out(block: Block, x, q, k, v, attn_mask):
-        x = x + block.drop(block.attn.attend(q, k, v, attn_mask))
-        return x + block.drop(block.mlp(block.post_attn_norm(x)))
+        x = x + self.drop(self.attn(self.input_norm(x), cos, sin, cache, layer, start, attn_mask))
+        return x + self.drop(self.mlp(self.post_attn_norm(x)))
 
 
 class Transformer(nn.Module):

@@ -9,7 +9,7 @@ from genlab import runs
 from genlab.data import tokenizer as tokmod
 from genlab.device import pick_device
 from genlab.errors import RunError
-from genlab.models.quantized import QuantLinear, dequantized, finish_load, prepare_for_load
+from genlab.models.quantized import dequantized, finish_load, prepare_for_load
 from genlab.models.transformer import LMConfig, Transformer
 from genlab.runtimes.base import Opened, read_json_config
 from genlab.train import finetune
@@ -52,10 +52,7 @@ def open_artifact(path: Path, device: str = "auto", fast: bool = True) -> Opened
         device = "cpu"  # PyTorch's dynamic int8 kernels are CPU kernels
     model = _build(path, cfg).to(pick_device(device))
     if quant:
-        finish_load(model, quant)
-        for m in model.modules():
-            if isinstance(m, QuantLinear):
-                m.use_kernels = fast
+        finish_load(model, quant, use_kernels=fast)
     if fast and isinstance(model, Transformer):  # (a LoRA run's model is peft's wrapper: left as it is)
         model.fuse_for_inference()
     tok = tokmod.load(path / runs.TOKENIZER)
