@@ -7,7 +7,7 @@ order `genlab --help` lists them:
     generate.py  generate text | image, animate, reconstruct
     chat.py      chat (interactive, or --message once)
     finetune.py  finetune (LoRA adapters or full), finetune --merge
-    eval.py      eval, audit, augment, classifier train
+    eval.py      eval, audit [bias | memorization], augment, classifier train
     data.py      data prepare
     shrink.py    quantize, distill
     export.py    export, import hf
@@ -32,7 +32,7 @@ from genlab.cli import bench, data, generate, train
 from genlab.cli.chat import chat_cmd
 from genlab.cli.common import err
 from genlab.cli.demo import demo_cmd
-from genlab.cli.eval import audit_cmd, augment_cmd, classifier_app, eval_cmd
+from genlab.cli.eval import audit_app, augment_cmd, classifier_app, eval_cmd
 from genlab.cli.export import export_cmd, import_app
 from genlab.cli.finetune import finetune_cmd
 from genlab.cli.generate import animate_cmd, reconstruct_cmd
@@ -46,7 +46,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 for name, command in [
     ("animate", animate_cmd), ("reconstruct", reconstruct_cmd),
-    ("eval", eval_cmd), ("audit", audit_cmd), ("augment", augment_cmd),
+    ("eval", eval_cmd), ("augment", augment_cmd),
     ("speak", speak_cmd), ("demo", demo_cmd), ("size", size_cmd),
     ("quantize", quantize_cmd), ("distill", distill_cmd), ("finetune", finetune_cmd),
     ("export", export_cmd), ("serve", serve_cmd), ("chat", chat_cmd),
@@ -55,7 +55,7 @@ for name, command in [
 
 for name, group in [
     ("train", train.app), ("generate", generate.app), ("data", data.app), ("bench", bench.app),
-    ("classifier", classifier_app), ("studio", studio_app), ("import", import_app),
+    ("classifier", classifier_app), ("studio", studio_app), ("import", import_app), ("audit", audit_app),
 ]:
     app.add_typer(group, name=name)
 

@@ -1,4 +1,4 @@
-"""`genlab eval`, `genlab audit`, `genlab augment` and `genlab classifier train`."""
+"""`genlab eval`, `genlab audit` (bias, memorization), `genlab augment` and `genlab classifier train`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from genlab.cli.common import comma_ints, err, out
 from genlab.cli.options import (
@@ -81,6 +82,21 @@ def classifier_train_cmd(
     out.print(f"{data}: classifier test accuracy {clf.test_accuracy:.2%} -> {clf.path}", markup=False, soft_wrap=True)
 
 
+class _AuditGroup(TyperGroup):
+    """`genlab audit RUN` (the bias audit, as before) and `genlab audit memorization RUN`: a first
+    argument that names no sub-command falls through to `bias`."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["bias", *args]
+        return super().parse_args(ctx, args)
+
+
+audit_app = typer.Typer(cls=_AuditGroup, no_args_is_help=True,
+                        help="Audits: `genlab audit RUN` (bias, GAN/VAE) or `genlab audit memorization RUN`.")
+
+
+@audit_app.command("bias")
 def audit_cmd(
     run: ImageRunArg,
     n: Annotated[int, typer.Option(help="Unconditional samples to classify.")] = 10_000,
@@ -106,6 +122,65 @@ def audit_cmd(
     out.print(f"under-produced: {', '.join(report.under) or 'none'}; over-produced: {', '.join(report.over) or 'none'}"
               f"; dropped: {', '.join(report.dropped) or 'none'}", markup=False, soft_wrap=True)
 
+
+
+@audit_app.command("memorization")
+def audit_memorization_cmd(
+    run: Annotated[Path, typer.Argument(help="An LM run or artifact genlab opens, or a GAN/VAE run.")],
+    corpus: Annotated[list[str], typer.Option("--corpus", help="LM: audit against this corpus (files, folders, "
+                                              "globs, 'fortunes'; repeatable) instead of the run's training split "
+                                              "(imported models record none).")] = None,
+    n: Annotated[int, typer.Option(help="Samples to generate (LM: from an empty prompt; GAN/VAE: images).")] = None,
+    prefixes: Annotated[int, typer.Option(help="LM: training-document prefixes to continue greedily.")] = 20,
+    prefix_chars: Annotated[int, typer.Option(help="LM: characters of each prefix.")] = 64,
+    max_tokens: Annotated[int, typer.Option(help="LM: tokens per sample and continuation.")] = 128,
+    temperature: Annotated[float, typer.Option(help="LM: sampling temperature of the samples.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="LM: nucleus sampling of the samples.")] = None,
+    min_chars: Annotated[int, typer.Option(help="LM: an overlap of this many characters counts as verbatim.")] = 50,
+    reference: Annotated[int, typer.Option(help="GAN/VAE: real test images to compare with.")] = 2000,
+    seed: int = 0,
+    show: Annotated[int, typer.Option(help="LM: print the texts with the longest overlaps (this many).")] = 3,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+):
+    """Does the model repeat its training data? LM: longest verbatim overlap of samples and of
+    continued training prefixes with the training text (suffix array), share over --min-chars, against
+    held-out text as the baseline. GAN/VAE: each sample's nearest training image (pixels and classifier
+    features) against how close real test images come."""
+    from genlab.bench import show_table
+    from genlab.runtimes.base import read_json_config
+    from genlab.safety import memorization as mem
+
+    if (read_json_config(run) or {}).get("family") in ("gan", "vae"):
+        if corpus:
+            raise GenlabError("--corpus is for language models; a GAN/VAE is compared with its own training images")
+        rep = mem.audit_images(run, n=n or 1000, seed=seed, reference=reference, device=device, quiet=as_json)
+        if as_json:
+            out.print_json(json.dumps(rep.to_dict()))
+            return
+        headers, rows = mem.format_image_audit(rep)
+        show_table(f"memorization audit of {run} ({rep.family}): {rep.n_samples:,} samples, {rep.n_test:,} test "
+                   f"images, nearest of {rep.n_train:,} training images", headers, rows)
+        out.print(f"a model that copies puts far over 5% of its samples closer than 95% of real test images; "
+                  f"classifier test accuracy {rep.classifier_test_accuracy:.2%}", markup=False, soft_wrap=True)
+        return
+    cfg = mem.TextAuditConfig(n=50 if n is None else n, prefixes=prefixes, prefix_chars=prefix_chars,
+                              max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                              min_chars=min_chars)
+    rep = mem.audit_lm(run, corpus or None, cfg, device=device, log=None if as_json else _status_line)
+    if as_json:
+        out.print_json(json.dumps(rep.to_dict()))
+        return
+    headers, rows = mem.format_text_audit(rep)
+    show_table(f"memorization audit of {run} against {rep.corpus} ({rep.corpus_chars:,} characters, "
+               f"{rep.corpus_documents:,} documents)", headers, rows)
+    for f in sorted(rep.findings, key=lambda f: -f.overlap)[:max(show, 0)]:
+        if f.kind != "held-out":
+            out.print(f"{f.kind}, {f.overlap} characters verbatim: {f.excerpt!r}", markup=False, soft_wrap=True)
+
+
+def _status_line(message: str) -> None:
+    err.print(f"[dim]{message}[/]", end="\r" if "/" in message else "\n", highlight=False)
 
 def augment_cmd(
     generator: Annotated[Path, typer.Option(help="Run directory of a conditional GAN or VAE.")],
