@@ -8,6 +8,7 @@ order `genlab --help` lists them:
     chat.py      chat (interactive, or --message once)
     finetune.py  finetune (LoRA adapters or full), finetune --merge
     eval.py      eval, audit [bias | memorization], augment, classifier train
+    check.py     check (the studio's quality scores for any text or image file)
     data.py      data prepare
     shrink.py    quantize, distill
     export.py    export, import hf
@@ -30,6 +31,7 @@ import typer
 
 from genlab.cli import bench, data, generate, train
 from genlab.cli.chat import chat_cmd
+from genlab.cli.check import check_cmd
 from genlab.cli.common import err
 from genlab.cli.demo import demo_cmd
 from genlab.cli.eval import audit_app, augment_cmd, classifier_app, eval_cmd
@@ -46,7 +48,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 for name, command in [
     ("animate", animate_cmd), ("reconstruct", reconstruct_cmd),
-    ("eval", eval_cmd), ("augment", augment_cmd),
+    ("eval", eval_cmd), ("augment", augment_cmd), ("check", check_cmd),
     ("speak", speak_cmd), ("demo", demo_cmd), ("size", size_cmd),
     ("quantize", quantize_cmd), ("distill", distill_cmd), ("finetune", finetune_cmd),
     ("export", export_cmd), ("serve", serve_cmd), ("chat", chat_cmd),

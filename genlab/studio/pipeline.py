@@ -34,7 +34,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from genlab.errors import ConfigError, DataError
 from genlab.generate.images import ImageGenerator, png_bytes, slug, upscale
 from genlab.generate.speech import SpeechOptions, synthesize
 from genlab.generate.text import SamplingOptions
+from genlab.safety import quality as qgate
 from genlab.studio.backends import TextBackend, run_record
 from genlab.studio.labels import LabelChoice, pick_label
 
@@ -71,6 +72,7 @@ class StudioRequest:
     repetition_penalty: float = 1.1
     seed: int = 0  # text seed; the illustration uses seed + 1
     candidates: int = 4
+    quality_retries: int = 2  # the quality gate: extra attempts (new seeds) for an asset below threshold
     image_scale: int = 8
     narrate: bool = True
     speech: SpeechOptions = field(default_factory=SpeechOptions)
@@ -80,6 +82,8 @@ class StudioRequest:
             raise ConfigError("the prompt is empty")
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise ConfigError(f"the prompt is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if not 0 <= self.quality_retries <= 8:
+            raise ConfigError(f"quality retries must be between 0 and 8 (got {self.quality_retries})")
         if not 1 <= self.candidates <= 64:
             raise ConfigError(f"candidates must be between 1 and 64 (got {self.candidates})")
         if not 1 <= self.image_scale <= 32:
@@ -183,6 +187,7 @@ class Studio:
         self.semantic_labels = semantic_labels
         self.music = None  # the slot for a music back end (a later issue): None = no music
         self._classifiers: dict = {}
+        self.thresholds = qgate.Thresholds()  # the quality gate's (genlab.safety.quality)
 
     # ---- stages ----
 
@@ -202,6 +207,24 @@ class Studio:
             emit({"event": "text", "text": piece})
         return title, body.strip()
 
+    def gated_article(self, req: StudioRequest, emit: Progress) -> tuple[str, str, dict]:
+        """The article through the quality gate: rewritten with a new seed while it scores below the
+        thresholds (up to ``req.quality_retries`` times); the first that passes, else the best."""
+        reference = qgate.reference_model(getattr(self.text, "lm", None))
+        th = replace(self.thresholds, min_words=min(self.thresholds.min_words, req.max_tokens // 3))
+
+        def retry(attempt: int, verdict: qgate.Verdict) -> None:
+            emit({"event": "retry", "stage": "text", "attempt": attempt + 1, "failures": verdict.failures})
+
+        result = qgate.gate(lambda seed: self.write_article(replace(req, seed=seed), emit),
+                            lambda article: qgate.score_text(article[1], reference, th), req.seed,
+                            req.quality_retries, retry)
+        title, body = result.kept.candidate
+        if len(result.attempts) > 1:
+            emit({"event": "article", "title": title, "text": body})
+        return title, body, {**result.record(), "thresholds": th.to_dict(),
+                             "reference": reference.description if reference else None}
+
     def illustrate(self, req: StudioRequest, title: str, body: str) -> tuple[dict[str, bytes], dict]:
         gen = self.images
         assert gen is not None
@@ -210,15 +233,27 @@ class Studio:
         if gen.conditional:
             choice = pick_label(f"{req.prompt}\n{title}\n{body[:1000]}", gen.class_names, self.semantic_labels)
             labels = [choice.index] * req.candidates
-        cands = gen.sample(req.candidates, labels=labels, seed=req.seed + 1)
         classifier = _classifier_for(gen, self._classifiers) if choice is not None else None
-        best, why = select_candidate(gen, cands, choice.index if choice else None, classifier)
+
+        def attempt(seed: int) -> tuple[np.ndarray, int, dict]:
+            cands = gen.sample(req.candidates, labels=labels, seed=seed)
+            return (cands, *select_candidate(gen, cands, choice.index if choice else None, classifier))
+
+        def score(tried: tuple[np.ndarray, int, dict]) -> qgate.Verdict:
+            _, best, why = tried
+            if "confidences" not in why:  # no classifier for the class: nothing to gate on
+                return qgate.Verdict("image", {"confidence": None, "classifier": why["rule"]})
+            return qgate.score_confidence(why["confidences"][best], choice.label if choice else None, why["rule"],
+                                          self.thresholds)
+
+        gated = qgate.gate(attempt, score, req.seed + 1, req.quality_retries if classifier is not None else 0)
+        cands, best, why = gated.kept.candidate
         name = slug(choice.label) if choice else "sample"
         files = {"images/illustration.png": png_bytes(upscale(cands[best].transpose(1, 2, 0), req.image_scale))}
         for i, img in enumerate(cands):
             files[f"images/candidate-{i}-{name}.png"] = png_bytes(upscale(img.transpose(1, 2, 0), req.image_scale))
-        record = {"label": choice.to_dict() if choice else None, "seed": req.seed + 1, "candidates": req.candidates,
-                  "kept": best, "selection": why, "scale": req.image_scale}
+        record = {"label": choice.to_dict() if choice else None, "seed": gated.kept.seed, "candidates": req.candidates,
+                  "kept": best, "selection": why, "scale": req.image_scale, "quality": gated.record()}
         return files, record
 
     # ---- the whole pipeline ----
@@ -241,7 +276,7 @@ class Studio:
 
         t = time.perf_counter()
         stage("text", "running")
-        title, body = self.write_article(req, emit)
+        title, body, text_quality = self.gated_article(req, emit)
         timings["text"] = time.perf_counter() - t
         stage("text", "done", seconds=round(timings["text"], 3), title=title)
 
@@ -298,6 +333,7 @@ class Studio:
         }
         # The bundle stage's own time covers rendering; the final write cannot time itself.
         timings["bundle"] = time.perf_counter() - t
+        manifest["quality"] = qgate.bundle_quality(text_quality, (image_record or {}).get("quality"))
         manifest = json.loads(json.dumps(manifest))  # plain JSON types, exactly as written to disk
         write_bundle(out, zip_path, files, manifest)
         stage("bundle", "done", seconds=round(timings["bundle"], 3), path=str(out))

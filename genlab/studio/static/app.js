@@ -92,6 +92,8 @@ async function make(ev) {
       if (e.event === "stage") { status[e.stage] = e.status; showStages(status); if (e.title) $("title").textContent = e.title; }
       else if (e.event === "title") $("title").textContent = e.title;
       else if (e.event === "text") $("article").textContent += e.text;
+      else if (e.event === "retry") $("article").textContent = "";  // the quality gate writes it again
+      else if (e.event === "article") { $("title").textContent = e.title; $("article").textContent = e.text; }
       else if (e.event === "failed") throw new Error(e.error);
     }
     await showJob(await (await api(`/v1/studio/jobs/${job.id}`)).json());
