@@ -3,8 +3,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.genlab-setup
-# data sets, the espeak-ng voice, and Chromium for the web-page tests (driven by Playwright)
-APT_PKGS := dataset-fashion-mnist fortunes espeak-ng chromium
+# data sets, the espeak-ng voice, Chromium for the web-page tests (driven by Playwright), and FluidSynth
+# with its General MIDI soundfont (genlab generate music --wav)
+APT_PKGS := dataset-fashion-mnist fortunes espeak-ng chromium fluidsynth fluid-soundfont-gm
 
 .PHONY: setup demo test lint bench gguf-check clean
 

@@ -3,8 +3,9 @@
 One module per verb area; each holds its commands (and sub-apps) and this file registers them, in the
 order `genlab --help` lists them:
 
-    train.py     train lm | gan | vae
-    generate.py  generate text | image, animate, reconstruct
+    train.py     train lm | gan | vae | music
+    generate.py  generate text | image | music, animate, reconstruct
+    music.py     train music, generate music, harmonize (registered by train.py, generate.py and here)
     chat.py      chat (interactive, or --message once)
     finetune.py  finetune (LoRA adapters or full), finetune --merge
     eval.py      eval, audit [bias | memorization], augment, classifier train
@@ -38,6 +39,7 @@ from genlab.cli.eval import audit_app, augment_cmd, classifier_app, eval_cmd
 from genlab.cli.export import export_cmd, import_app
 from genlab.cli.finetune import finetune_cmd
 from genlab.cli.generate import animate_cmd, reconstruct_cmd
+from genlab.cli.music import harmonize_cmd
 from genlab.cli.serve import serve_cmd, speak_cmd, studio_app
 from genlab.cli.shrink import distill_cmd, quantize_cmd
 from genlab.cli.size import size_cmd
@@ -52,6 +54,7 @@ for name, command in [
     ("speak", speak_cmd), ("demo", demo_cmd), ("size", size_cmd),
     ("quantize", quantize_cmd), ("distill", distill_cmd), ("finetune", finetune_cmd),
     ("export", export_cmd), ("serve", serve_cmd), ("chat", chat_cmd),
+    ("harmonize", harmonize_cmd),
 ]:
     app.command(name)(command)
 

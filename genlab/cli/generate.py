@@ -1,4 +1,4 @@
-"""`genlab generate text|image`, `genlab animate`, `genlab reconstruct`."""
+"""`genlab generate text|image|music`, `genlab animate`, `genlab reconstruct`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 
 from genlab.cli.common import comma_list, err, out
+from genlab.cli.music import generate_music_cmd
 from genlab.cli.options import DeviceOpt, FastOpt, ImageRunArg, LabelOpt, ScaleOpt
 from genlab.errors import GenlabError
 
 app = typer.Typer(no_args_is_help=True, help="Generate with a trained run.")
+app.command("music")(generate_music_cmd)  # genlab/cli/music.py
 
 
 def _check_scale(scale: int) -> None:

@@ -1,4 +1,4 @@
-"""`genlab train lm|gan|vae`."""
+"""`genlab train lm|gan|vae|music`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from genlab.cli.common import err, report_lm_training
+from genlab.cli.music import train_music_cmd
 from genlab.cli.options import (
     LM_MODEL_FLAGS,
     BetasOpt,
@@ -57,7 +58,7 @@ from genlab.cli.options import (
     train_config_from,
 )
 
-app = typer.Typer(no_args_is_help=True, help="Train a model: lm, gan or vae.")
+app = typer.Typer(no_args_is_help=True, help="Train a model: lm, gan, vae or music.")
 
 ImgPresetOpt = Annotated[str, typer.Option(help="Model preset: tiny or small.")]
 ImgCondOpt = Annotated[bool, typer.Option("--conditional/--unconditional", help="Condition on the class label.")]
@@ -183,3 +184,6 @@ def _train_image(family: str, args: dict[str, Any]) -> None:
         val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
         err.print(f"[green]done[/]: step {result.step}, {result.throughput:,.0f} img/s"
                   f"{', val ' + val if val else ''} -> {run} (sample grids in {run / 'samples'})")
+
+
+app.command("music")(train_music_cmd)  # genlab/cli/music.py

@@ -1,0 +1,223 @@
+"""Music (issue 12): chorales -> REMI tokens -> a tiny Transformer -> MIDI, MusicXML, WAV, piano roll,
+and harmonization of a given soprano. The data is a handful of Bach chorales from music21's corpus."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import wave
+
+import numpy as np
+import pytest
+
+pytest.importorskip("music21")
+pytest.importorskip("miditok")
+
+from genlab.data import music as mdata  # noqa: E402
+
+from .conftest import GENLAB, ROOT  # noqa: E402
+
+CHORALES = ("bwv101.7", "bwv102.7", "bwv103.6", "bwv11.6", "bwv10.7")  # bwv11.6 is in 3/4
+
+
+def notes_of(piece: mdata.Piece) -> list[tuple]:
+    return sorted((v, n.onset, n.duration, n.pitch) for v, voice in enumerate(piece.voices) for n in voice)
+
+
+def cli(*args, cwd=ROOT):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models; a shared machine
+    return subprocess.run(GENLAB + [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+@pytest.fixture(scope="module")
+def chorale_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chorales")
+    by_name = {p.stem: p for p in mdata.chorale_files()}
+    for name in CHORALES:
+        shutil.copy(by_name[name], folder / by_name[name].name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pieces(chorale_dir):
+    return [mdata.read_piece(p) for p in sorted(chorale_dir.iterdir())]
+
+
+@pytest.fixture(scope="module")
+def music_run(chorale_dir, tmp_path_factory, one_thread):
+    from genlab.config import train_config
+    from genlab.train.music import MusicTrainSpec, train_music
+
+    run = tmp_path_factory.mktemp("runs") / "music"
+    with pytest.MonkeyPatch.context() as mp:  # the cache the per-test fixture uses: data prepared once
+        mp.setenv("GENLAB_CACHE", str(tmp_path_factory.getbasetemp() / "genlab-cache"))
+        result = train_music(MusicTrainSpec(
+            run=run, data=mdata.MusicDataConfig(sources=[str(chorale_dir)], val_fraction=0.2, test_fraction=0.2),
+            preset="tiny", train=train_config("tiny", steps=40, eval_every=40, eval_batches=2, log_every=25),
+            quiet=True))
+    assert result.step == 40
+    return run, result
+
+
+def main_error(monkeypatch, capsys, *args) -> str:
+    """Run `genlab ARGS` in this process (a fresh process costs seconds of imports); expect exit 2 and
+    return the one line it printed."""
+    from genlab.cli import main
+
+    monkeypatch.setattr("sys.argv", ["genlab", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in "".join(lines), lines
+    return errors[0]
+
+
+def test_tokens_round_trip_notes_and_durations(pieces):
+    vocab = mdata.MusicVocab(mdata.new_tokenizer())
+    for piece in pieces:
+        assert all(piece.voices), piece.name  # four voices, soprano first
+        assert np.mean([n.pitch for n in piece.voices[0]]) > np.mean([n.pitch for n in piece.voices[3]])
+        ids = vocab.encode(piece)
+        assert ids[0] == vocab.bos and ids[-1] == vocab.eos and vocab.key_of(ids[1]) == piece.key
+        back = vocab.decode(ids)
+        assert notes_of(back) == notes_of(piece), piece.name
+        assert back.time_signature == piece.time_signature and back.key == piece.key
+    assert {p.time_signature for p in pieces} == {(4, 4), (3, 4)}
+
+
+def test_prepare_splits_by_piece_and_transposes_within_ranges(chorale_dir):
+    data = mdata.prepare_music(mdata.MusicDataConfig(sources=[str(chorale_dir)], val_fraction=0.2, test_fraction=0.2),
+                               log=lambda m: None)
+    names = {s: set(data.meta[f"{s}_names"]) for s in ("train", "val", "test")}
+    assert sum(map(len, names.values())) == len(CHORALES) == len(set.union(*names.values()))
+    assert all(names.values())
+    for split in ("train", "val", "test"):  # pieces lie end to end in the token file, each BOS ... EOS
+        tokens, index = data.tokens(split), data.pieces(split)
+        assert index[-1, 0] + index[-1, 1] == len(tokens)
+        assert all(tokens[s] == 1 for s in index[:, 0])  # BOS_None
+
+    vocab = data.vocab()
+    table = vocab.shift_table()
+    tokens, index = data.tokens("train"), data.pieces("train")
+    assert (index[:, 2] <= 0).all() and (index[:, 3] >= 0).all() and (index[:, 3] - index[:, 2] > 0).any()
+    x, y = mdata.transposed_batch(tokens, index, table, 64, 64, np.random.default_rng(0))
+    starts = np.random.default_rng(0).integers(0, len(tokens) - 65, size=64)  # the windows it drew
+    inverse_pitch = {i: p for p, i in vocab.pitch.items()}
+    shifts = set()
+    for xb, yb, s in zip(x.numpy(), y.numpy(), starts, strict=True):
+        orig = tokens[s:s + 65].astype(np.int64)
+        got = np.concatenate([xb, yb[-1:]])
+        is_pitch, is_key = np.isin(orig, list(inverse_pitch)), orig >= vocab.base
+        fixed = ~is_pitch & ~is_key
+        assert (got[fixed] == orig[fixed]).all() and np.isin(got[is_pitch], list(inverse_pitch)).all()
+        k = {inverse_pitch[b] - inverse_pitch[a] for a, b in zip(orig[is_pitch], got[is_pitch], strict=True)}
+        for a, b in zip(orig[is_key], got[is_key], strict=True):  # the key moves with the notes
+            (pa, ma), (pb, mb) = vocab.key_of(int(a)), vocab.key_of(int(b))
+            assert ma == mb and (not k or (pa + next(iter(k))) % 12 == pb)
+        assert len(k) <= 1  # one shift for the whole window
+        shifts |= k
+        first, last = (np.searchsorted(index[:, 0], t, side="right") - 1 for t in (s, s + 64))
+        if k:  # within what every piece the window touches allows (its voices stay in range)
+            assert index[first:last + 1, 2].max() <= next(iter(k)) <= index[first:last + 1, 3].min()
+    assert len(shifts) > 1  # windows really are transposed, by different amounts
+
+
+def test_train_and_compose_four_voices(music_run):
+    from genlab.generate.music import RANGE_SLACK, MusicGenerator
+
+    run, result = music_run
+    assert (run / mdata.TOKENIZER_FILE).is_file() and (run / "model.safetensors").is_file()
+    assert list((run / "samples").glob("step_*.mid"))
+    assert np.isfinite(result.val["nll_per_note"]) and result.val["nll_per_note"] > result.val["loss"]
+    gen = MusicGenerator.from_run(run, device="cpu")
+    piece = gen.compose(bars=4, key=(2, "major"), seed=0)
+    assert piece.key == (2, "major") and piece.time_signature in {(4, 4), (3, 4)}
+    bar = piece.time_signature[0] * 4 / piece.time_signature[1]
+    assert all(piece.voices), [len(v) for v in piece.voices]  # it parses back into four voices
+    for v, notes in enumerate(piece.voices):
+        lo, hi = mdata.VOICE_RANGES[v]
+        assert all(lo - RANGE_SLACK <= n.pitch <= hi + RANGE_SLACK for n in notes)
+        assert max(n.onset for n in notes) < 4 * bar  # four bars asked for, no more
+    again = gen.compose(bars=4, key=(2, "major"), seed=0)
+    assert notes_of(again) == notes_of(piece)  # seeded
+
+
+def test_generate_music_cli_writes_valid_files(music_run, tmp_path):
+    import symusic
+    from music21 import converter
+    from PIL import Image
+
+    run, _ = music_run
+    mid, xml, wav, png = (tmp_path / f"c.{s}" for s in ("mid", "musicxml", "wav", "png"))
+    res = cli("generate", "music", run, "--bars", 4, "--key", "D major", "--seed", 0, "--out", mid,
+              "--musicxml", xml, "--wav", wav, "--roll", png, "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert "D major" in res.stdout
+    score = symusic.Score(str(mid))
+    assert [t.name for t in score.tracks] == ["Soprano", "Alto", "Tenor", "Bass"]
+    assert all(len(t.notes) for t in score.tracks)
+    parsed = converter.parse(str(xml))
+    assert [p.partName for p in parsed.parts] == ["Soprano", "Alto", "Tenor", "Bass"]
+    assert all(p.flatten().notes for p in parsed.parts)
+    with wave.open(str(wav)) as w:
+        assert w.getnchannels() == 2 and w.getsampwidth() == 2 and w.getframerate() == 44100
+        audio = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    assert len(audio) > 44100 and np.sqrt(np.mean(audio.astype(np.float64) ** 2)) > 100  # seconds of sound
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.width > 300
+
+
+def test_harmonize_keeps_the_melody(music_run, pieces, tmp_path):
+    import symusic
+
+    from genlab.generate.music import MusicGenerator, write_midi
+
+    run, _ = music_run
+    gen = MusicGenerator.from_run(run, device="cpu")
+    source = pieces[0]
+    tune = mdata.Piece("tune", [source.voices[0], [], [], []], source.time_signature, source.key)
+    melody = tmp_path / "soprano.mid"
+    write_midi(tune, melody)
+    read = mdata.read_piece(melody)  # back through a MIDI file, as a user gives it
+    choral = gen.harmonize(read, seed=3)
+    assert notes_of(mdata.Piece("s", [choral.voices[0], [], [], []])) == notes_of(tune)
+    assert all(choral.voices[1:]), [len(v) for v in choral.voices]
+    out = tmp_path / "choral.mid"
+    write_midi(choral, out)
+    sop = symusic.Score(str(out)).tracks[0]
+    tpq = symusic.Score(str(out)).ticks_per_quarter
+    assert [(n.time / tpq, n.duration / tpq, n.pitch) for n in sop.notes] == \
+        [(n.onset, n.duration, n.pitch) for n in tune.voices[0]]
+
+
+def test_bad_inputs_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")  # one line on the terminal too
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "holds no MIDI or MusicXML" in main_error(monkeypatch, capsys, "data", "prepare", "--music", "--data", empty)
+    bad = tmp_path / "broken.mid"
+    bad.write_bytes(b"MThd\x00\x00\x00\x06 this is not a MIDI file")
+    line = main_error(monkeypatch, capsys, "train", "music", "--data", bad, "--steps", 1, "--out", tmp_path / "r")
+    assert "broken.mid" in line and "cannot be read" in line
+    assert not (tmp_path / "r").exists()
+
+    from music21 import note, stream
+
+    silent = tmp_path / "silent.musicxml"
+    stream.Score([stream.Part([note.Rest(quarterLength=4)])]).write("musicxml", fp=str(silent))
+    assert "no notes" in main_error(monkeypatch, capsys, "data", "prepare", "--data", silent)
+    assert "not a note name" in main_error(monkeypatch, capsys, "generate", "music", tmp_path, "--key", "H major")
+    assert "is not a genlab run" in main_error(monkeypatch, capsys, "generate", "music", tmp_path)
+
+
+def test_outputs_are_never_overwritten_by_accident(music_run, tmp_path, monkeypatch, capsys):
+    run, _ = music_run
+    mid = tmp_path / "taken.mid"
+    mid.write_bytes(b"mine")
+    assert "already exists" in main_error(monkeypatch, capsys, "generate", "music", run, "--bars", 1, "--out", mid,
+                                          "--device", "cpu")
+    assert mid.read_bytes() == b"mine"
