@@ -66,6 +66,8 @@ def studio_make_cmd(
     repetition_penalty: float = 1.1,
     seed: Annotated[int, typer.Option(help="Text seed; the illustration uses seed + 1.")] = 0,
     candidates: Annotated[int, typer.Option(help="Illustration candidates; the classifier's most confident is kept.")] = 4,
+    quality_retries: Annotated[int, typer.Option(help="Quality gate: new attempts (new seeds) for an article or "
+                                                 "illustration below the thresholds (0: ship the first).")] = 2,
     scale: Annotated[int, typer.Option(help="Enlarge the illustration's pixels by this factor.")] = 8,
     voice: Annotated[str, typer.Option(help="'joe' (built in) or a Piper .onnx voice file.")] = "joe",
     speed: Annotated[float, typer.Option(help="Narration speed.")] = 1.0,
@@ -81,6 +83,7 @@ def studio_make_cmd(
 
     req = StudioRequest(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                         repetition_penalty=repetition_penalty, seed=seed, candidates=candidates,
+                        quality_retries=quality_retries,
                         image_scale=scale, narrate=narrate,
                         speech=SpeechOptions(voice=voice, speed=speed, backend=speech_backend))
     req.validate()
@@ -91,6 +94,9 @@ def studio_make_cmd(
         if ev["event"] == "stage":
             extra = ", ".join(f"{k} {v}" for k, v in ev.items() if k not in ("event", "stage", "status"))
             err.print(f"[bold]{ev['stage']:>12}[/] {ev['status']}{' (' + extra + ')' if extra else ''}")
+        elif ev["event"] == "retry":  # the quality gate
+            err.print(f"[bold]{ev['stage']:>12}[/] attempt {ev['attempt']}: {'; '.join(ev['failures'])}",
+                      highlight=False)
 
     bundle = studio.make(req, out_path, progress, overwrite=overwrite)
     out.print(f"bundle -> {bundle.folder}  (zip: {bundle.zip_path}; open {bundle.folder / 'index.html'})")
