@@ -22,6 +22,7 @@ from genlab.safety.memorization import (
 )
 
 from .conftest import make_text
+from .test_studio_helpers import gan_run  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,6 +157,20 @@ def test_image_comparison_flags_copies_and_not_fresh_images():
     spaces, _ = image_memorization(fresh, train, test, feats)
     px = {s.space: s for s in spaces}["pixels"]
     assert px.exact_copies == 0 and px.share_below_test_p5 < 0.3
+
+
+def test_image_audit_of_a_real_run(gan_run):  # noqa: F811
+    from genlab.evaluate.classifier import ClassifierConfig
+    from genlab.safety.memorization import audit_images
+
+    rep = audit_images(gan_run, n=40, reference=60, device="cpu", quiet=True,
+                       classifier_config=ClassifierConfig(width=8, features=32, steps=60, batch_size=32))
+    assert rep.family == "gan" and rep.n_samples == 40 and rep.n_test == 60 and rep.n_train > 0
+    assert [s.space for s in rep.spaces] == ["pixels", "features"]
+    for s in rep.spaces:
+        assert s.sample_median > 0 and s.test_median > 0 and 0 <= s.share_below_test_p5 <= s.share_below_test_median <= 1
+    assert all(0 <= i < rep.n_train for i in rep.nearest_train["pixels"]) and len(rep.nearest_train["features"]) == 40
+    assert json.loads(json.dumps(rep.to_dict()))["spaces"][0]["space"] == "pixels"
 
 
 def test_audit_memorization_of_a_tiny_run_and_both_audit_forms(small_run, tmp_path, monkeypatch, capsys):
