@@ -36,12 +36,16 @@ def eval_cmd(
     seed: Annotated[int, typer.Option(help="GAN/VAE: sampling seed.")] = 0,
 ):
     """LM: perplexity and bits per byte on held-out text. GAN/VAE: FCD, precision/recall, conditional
-    accuracy and (VAE) negative ELBO, in the features of genlab's own classifier."""
+    accuracy and (VAE) negative ELBO, in the features of genlab's own classifier. Music: NLL per token
+    and per note on the run's test pieces."""
     from genlab.runtimes.base import read_json_config
 
     # GAN/VAE runs get the image metrics; anything else is a language model for genlab.runtimes to open.
     if (read_json_config(run) or {}).get("family") in ("gan", "vae"):
         _eval_image(run, data, n, k, seed, as_json, device)
+        return
+    if (read_json_config(run) or {}).get("family") == "music":
+        _eval_music(run, data, as_json, device)
         return
     from genlab.evaluate.perplexity import evaluate_lm
 
@@ -51,6 +55,19 @@ def eval_cmd(
     else:
         out.print(f"{res['data']}: {res['tokens']:,} tokens, loss {res['loss']:.4f}, "
                   f"perplexity {res['perplexity']:.2f}, bits/byte {res['bits_per_byte']:.4f}")
+
+
+def _eval_music(run: Path, data: list[str] | None, as_json: bool, device: str) -> None:
+    from genlab.evaluate.music import evaluate_music
+
+    if data:
+        raise GenlabError("--data is for LM runs; a music run is scored on the test pieces of its own data")
+    res = evaluate_music(run, device=device, log=err.print)
+    if as_json:
+        out.print_json(json.dumps(res))
+    else:
+        out.print(f"{res['pieces']} test pieces: {res['tokens']:,} tokens, {res['notes']:,} notes, loss "
+                  f"{res['loss']:.4f}/token (perplexity {res['perplexity']:.2f}), {res['nll_per_note']:.4f} nats/note")
 
 
 def _eval_image(run: Path, data: list[str] | None, n: int, k: int, seed: int, as_json: bool, device: str) -> None:
