@@ -356,8 +356,10 @@ def audit_lm(run: str | Path, corpus: list[str] | None = None, cfg: TextAuditCon
 
 
 def format_text_audit(report: TextAuditReport) -> tuple[list[str], list[list[str]]]:
-    headers = ["texts", "count", "mean chars", "longest overlap", "median overlap",
-               f"share >= {report.min_chars} chars", f"true continuation >= {report.min_chars}"]
+    # overlap: longest verbatim overlap with the corpus (characters); extracted: the share of continuations
+    # that reproduce at least min_chars characters of the true continuation
+    headers = ["texts", "n", "mean chars", "longest overlap", "median", f"share >= {report.min_chars}",
+               f"extracted >= {report.min_chars}"]
     rows = []
     for g in report.groups:
         rows.append([g.kind, str(g.count), f"{g.mean_chars:.0f}", str(g.longest), f"{g.median:.0f}",
