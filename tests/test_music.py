@@ -90,6 +90,22 @@ def test_tokens_round_trip_notes_and_durations(pieces):
     assert {p.time_signature for p in pieces} == {(4, 4), (3, 4)}
 
 
+def test_unnamed_parts_are_voiced_by_pitch(tmp_path):
+    import symusic
+
+    score = symusic.Score(480)
+    for name, pitch in (("left hand", 48), ("right hand", 72)):  # lowest first, names that say nothing
+        track = symusic.Track(name=name, program=0)
+        track.notes.append(symusic.Note(0, 960, pitch, 80))
+        track.notes.append(symusic.Note(960, 480, pitch + 2, 80))
+        score.tracks.append(track)
+    path = tmp_path / "two.mid"
+    score.dump_midi(str(path))
+    piece = mdata.read_piece(path)
+    assert [[(n.onset, n.duration, n.pitch) for n in v] for v in piece.voices] == \
+        [[(0.0, 2.0, 72), (2.0, 1.0, 74)], [(0.0, 2.0, 48), (2.0, 1.0, 50)], [], []]
+
+
 def test_prepare_splits_by_piece_and_transposes_within_ranges(chorale_dir):
     data = mdata.prepare_music(mdata.MusicDataConfig(sources=[str(chorale_dir)], val_fraction=0.2, test_fraction=0.2),
                                log=lambda m: None)
@@ -189,27 +205,31 @@ def test_generate_music_cli_writes_valid_files(music_run, tmp_path):
         assert im.format == "PNG" and im.width > 300
 
 
-def test_harmonize_keeps_the_melody(music_run, pieces, tmp_path):
+def test_harmonize_keeps_the_melody(music_run, pieces, tmp_path, monkeypatch, capsys):
     import symusic
 
-    from genlab.generate.music import MusicGenerator, write_midi
+    from genlab.cli import main
+    from genlab.generate.music import write_midi
 
     run, _ = music_run
-    gen = MusicGenerator.from_run(run, device="cpu")
-    source = pieces[0]
+    source = pieces[0]  # bwv101.7: starts with a pickup
     tune = mdata.Piece("tune", [source.voices[0], [], [], []], source.time_signature, source.key)
-    melody = tmp_path / "soprano.mid"
+    melody, out = tmp_path / "soprano.mid", tmp_path / "choral.mid"
     write_midi(tune, melody)
-    read = mdata.read_piece(melody)  # back through a MIDI file, as a user gives it
-    choral = gen.harmonize(read, seed=3)
-    assert notes_of(mdata.Piece("s", [choral.voices[0], [], [], []])) == notes_of(tune)
-    assert all(choral.voices[1:]), [len(v) for v in choral.voices]
-    out = tmp_path / "choral.mid"
-    write_midi(choral, out)
-    sop = symusic.Score(str(out)).tracks[0]
-    tpq = symusic.Score(str(out)).ticks_per_quarter
+    monkeypatch.setattr("sys.argv", ["genlab", "harmonize", str(run), "--melody", str(melody), "--out", str(out),
+                                     "--seed", "3", "--device", "cpu"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None), capsys.readouterr().err
+    assert "choral.mid" in capsys.readouterr().out
+    score = symusic.Score(str(out))
+    tpq = score.ticks_per_quarter
+    sop, *others = score.tracks
     assert [(n.time / tpq, n.duration / tpq, n.pitch) for n in sop.notes] == \
-        [(n.onset, n.duration, n.pitch) for n in tune.voices[0]]
+        [(n.onset, n.duration, n.pitch) for n in tune.voices[0]]  # the given soprano, note for note
+    assert [t.name for t in others] == ["Alto", "Tenor", "Bass"] and all(len(t.notes) for t in others)
+    end = max(n.onset + n.duration for n in tune.voices[0]) * tpq
+    assert all(n.time < end for t in others for n in t.notes)  # within the melody's bars
 
 
 def test_bad_inputs_one_line_exit_2(tmp_path, monkeypatch, capsys):

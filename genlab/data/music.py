@@ -284,19 +284,23 @@ def read_piece(path: Path, strict: bool = True) -> Piece | None:
         return fail(f"the score has {len(parts)} voiced parts; genlab's music family writes up to four (SATB)")
     names = [(p.partName or "").lower() for p in parts]
     if not all(n.startswith(v[0]) for n, v in zip(names, VOICES, strict=False)):
-        parts.sort(key=lambda p: -float(np.mean([x.pitch.midi for n in p.flatten().notes for x in n.pitches])))
-    measures = parts[0].getElementsByClass("Measure")
-    pickup = float(measures[0].paddingLeft) if len(measures) else 0.0  # anacrusis: its bar starts before 0
-    voices: list[list[Note]] = [[] for _ in VOICES]
-    for v, part in enumerate(parts):
-        for n in part.stripTies().flatten().notes:
-            if float(n.quarterLength) <= 0:  # grace notes
-                continue
-            for p in n.pitches:
-                voices[v].append(Note(float(n.offset) + pickup, float(n.quarterLength), int(p.midi)))
-        voices[v].sort(key=lambda n: (n.onset, n.pitch))
-    sigs = score.recurse().getElementsByClass("TimeSignature")
-    ts = (int(sigs[0].numerator), int(sigs[0].denominator)) if len(sigs) else (4, 4)
+        parts.sort(key=lambda p: -float(np.mean([x.midi for n in p.flatten().notes for x in n.pitches])))
+    try:
+        measures = parts[0].getElementsByClass("Measure")
+        pickup = float(measures[0].paddingLeft) if len(measures) else 0.0  # anacrusis: its bar starts before 0
+        voices: list[list[Note]] = [[] for _ in VOICES]
+        for v, part in enumerate(parts):
+            for n in part.stripTies().flatten().notes:
+                if float(n.quarterLength) <= 0:  # grace notes
+                    continue
+                for p in n.pitches:
+                    voices[v].append(Note(float(n.offset) + pickup, float(n.quarterLength), int(p.midi)))
+            voices[v].sort(key=lambda n: (n.onset, n.pitch))
+        sigs = score.recurse().getElementsByClass("TimeSignature")
+        ts = (int(sigs[0].numerator), int(sigs[0].denominator)) if len(sigs) else (4, 4)
+    except Exception as e:  # a score music21 parses but cannot walk (damaged ties, odd measures)
+        msg = (str(e).splitlines() or [e.__class__.__name__])[0][:100]
+        return fail(f"its notes cannot be read ({msg}); give a valid MIDI or MusicXML file")
     try:
         k = score.analyze("key")
         key = (int(k.tonic.pitchClass), k.mode if k.mode in MODES else "major")
@@ -352,11 +356,8 @@ def prepare_music(cfg: MusicDataConfig, log=print) -> MusicData:
 
     t0 = time.time()
     log(f"reading {len(sources):,} scores")
-    pieces: list[Piece] = []
-    for src in sources:
-        piece = read_piece(src.path, strict=not src.embedded)
-        if piece is not None and (src.kind != "chorales" or all(piece.voices)):  # chorales: all four voices
-            pieces.append(piece)
+    pieces = [piece for src, piece in zip(sources, _read_all(sources), strict=True)
+              if piece is not None and (src.kind != "chorales" or all(piece.voices))]  # chorales: all four voices
     if not pieces:
         raise DataError("no usable scores (every file was skipped); give MIDI or MusicXML files with notes")
     encoded = [np.asarray(vocab.encode(p), dtype=np.uint16) for p in pieces]
@@ -407,6 +408,23 @@ def prepare_music(cfg: MusicDataConfig, log=print) -> MusicData:
     log(f"prepared {len(pieces)} pieces: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val / "
         f"{meta['test_tokens']:,} test tokens (vocab {vocab.size}) in {meta['seconds']}s -> {root}")
     return MusicData(root, meta)
+
+
+def _read_one(src: Source) -> Piece | None:
+    return read_piece(src.path, strict=not src.embedded)
+
+
+def _read_all(sources: list[Source]) -> list[Piece | None]:
+    """Parse every score, in worker processes when there are many (music21 takes about a second a
+    score; the chorales are 400). A user's bad file stops it all with that file's DataError."""
+    workers = min(os.cpu_count() or 1, len(sources) // 16, 8)
+    if workers < 2:
+        return [_read_one(s) for s in sources]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_read_one, sources, chunksize=4))
 
 
 def transposed_batch(tokens: np.ndarray, pieces: np.ndarray, table: np.ndarray, batch: int, context: int,

@@ -54,6 +54,7 @@ class Grammar:
     time_signatures: list[str] | None = None  # the metres to choose from (the training data's); None: any
     bars: int | None = None  # stop when this many bars are complete
     melody: list[_Forced] = field(default_factory=list)  # harmonization: soprano notes to force
+    melody_end: int | None = None  # harmonization: the tick (from the first bar line) where the tune ends
     last: str = "BOS"
     bar: int = 0  # bars started
     pos: int = -1  # position (ticks) in the current bar; -1 = none yet
@@ -71,8 +72,8 @@ class Grammar:
 
     @property
     def bar_ticks(self) -> int:
-        num, den = (int(x) for x in (self.time_signature or "4/4").split("/"))
-        return num * self.vocab.ticks_per_beat * 4 // den
+        """Positions in a bar: miditok counts beats in the metre's own unit (an eighth in 6/8)."""
+        return int((self.time_signature or "4/4").split("/")[0]) * self.vocab.ticks_per_beat
 
     def _pending(self) -> _Forced | None:
         return self.melody[self.next_melody] if self.next_melody < len(self.melody) else None
@@ -112,6 +113,8 @@ class Grammar:
         limit = self.bar_ticks - 1
         if pending is not None and pending.bar == self.bar:
             limit = pending.pos
+        elif pending is None and self.melody_end is not None:  # harmonizing: nothing starts after the tune ends
+            limit = min(limit, self.melody_end - (self.bar - 1) * self.bar_ticks - 1)
         out += [i for p, i in v.position.items() if self.pos < p <= limit]
         if pending is None or pending.bar > self.bar:
             out.append(v.bar)
@@ -224,7 +227,9 @@ class MusicGenerator:
         if f"TimeSig_{ts}" not in self.vocab.time_sig:
             raise DataError(f"the melody's metre {ts} is not one the tokenizer knows")
         grammar = Grammar(self.vocab, key=key or melody.key, time_signature=ts)
-        grammar.melody = self._forced(soprano, grammar.bar_ticks)
+        per_quarter = self.vocab.ticks_per_beat * melody.time_signature[1] / 4  # positions per quarter note
+        grammar.melody = self._forced(soprano, grammar.bar_ticks, per_quarter)
+        grammar.melody_end = round(max(n.onset + n.duration for n in soprano) * per_quarter)
         ids = self._sample(grammar, seed, temperature, top_k, max_tokens=len(soprano) * 60 + 400)
         if grammar.next_melody < len(grammar.melody):
             raise GenlabError("harmonization stopped before the melody ended (a bug; please report)")
@@ -232,7 +237,7 @@ class MusicGenerator:
         piece.voices[0] = soprano  # the given notes themselves (the forced tokens encode them exactly)
         return piece
 
-    def _forced(self, soprano: list[Note], bar_ticks: int) -> list[_Forced]:
+    def _forced(self, soprano: list[Note], bar_ticks: int, per_quarter: float) -> list[_Forced]:
         tpb = self.vocab.ticks_per_beat
         durations = {}
         for name, i in self.vocab.duration.items():
@@ -240,9 +245,9 @@ class MusicGenerator:
             durations[(beats * res + ticks) * tpb // res] = i
         forced = []
         for n in soprano:
-            t, d = n.onset * tpb, n.duration * tpb
+            t, d = n.onset * per_quarter, n.duration * per_quarter
             if abs(t - round(t)) > 1e-6 or abs(d - round(d)) > 1e-6 or round(d) not in durations:
-                raise DataError(f"the melody's note at beat {n.onset:g} (length {n.duration:g}) is finer than "
+                raise DataError(f"the melody's note at quarter {n.onset:g} (length {n.duration:g}) is finer than "
                                 f"the tokenizer's grid (1/{tpb} of a beat) or longer than it can hold")
             if n.pitch not in self.vocab.pitch:
                 raise DataError(f"the melody's pitch {n.pitch} is outside the tokenizer's range {mdata.PITCH_RANGE}")
