@@ -25,7 +25,7 @@ FAMILY = "music"
 # Model shapes for music (the vocabulary, ~325 tokens, comes from the tokenizer). A chorale is
 # ~600-1,200 tokens, so `small` sees about half of one at a time.
 #   tiny  ~0.1M parameters: tests, seconds of CPU
-#   small ~4.8M: minutes of CPU to learn the grammar and the voices' ranges and motion
+#   small ~4.5M: minutes of CPU to learn the grammar and the voices' ranges and motion
 MUSIC_PRESETS: dict[str, dict] = {
     "tiny": dict(context=128, n_layer=2, n_head=4, n_kv_head=2, d_model=64),
     "small": dict(context=512, n_layer=6, n_head=4, n_kv_head=2, d_model=256, ffn_hidden=704),
