@@ -45,8 +45,8 @@ def open_artifact(path: Path, device: str = "auto", fast: bool = True) -> Opened
     reference that the fast path is checked against (same tokens; logits within float rounding)."""
     cfg = runs.read_config(path)
     if cfg["family"] != "lm":
-        raise RunError(f"run '{path}' holds a {cfg['family']} model, not a lm model "
-                       f"(images: `genlab generate image {path}`)")
+        hint = f"`genlab generate music {path}`" if cfg["family"] == "music" else f"images: `genlab generate image {path}`"
+        raise RunError(f"run '{path}' holds a {cfg['family']} model, not a lm model ({hint})")
     quant = cfg.get("quantization")
     if quant and quant.get("method") == "dynamic-int8" and device == "auto":
         device = "cpu"  # PyTorch's dynamic int8 kernels are CPU kernels
