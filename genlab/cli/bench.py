@@ -216,3 +216,26 @@ def bench_train_vae_cmd(presets: ImgBenchPresets = "tiny,small", steps: ImgBench
     from genlab.bench import bench_train_image
 
     bench_train_image("vae", comma_list(presets), steps, None if no_write else write)
+
+
+@app.command("watermark")
+def bench_watermark_cmd(
+    run: Annotated[Path, typer.Option(help="LM run (default: the foundation model, runs/smollm2).")] = None,
+    image_run: Annotated[Path, typer.Option(help="GAN/VAE run for the pictures (default: runs/demo-images when "
+                                                 "present, else drawn 28-pixel pictures).")] = None,
+    n: Annotated[int, typer.Option(help="Continuations per temperature, marked and unmarked each.")] = 32,
+    tokens: Annotated[int, typer.Option(help="Tokens per continuation.")] = 200,
+    temperatures: Annotated[str, typer.Option(help="Comma list.")] = "0.7,1.0",
+    images: Annotated[int, typer.Option(help="Pictures for the image watermark.")] = 64,
+    text: Annotated[bool, typer.Option("--text/--no-text", help="Measure the text watermark (minutes).")] = True,
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """The watermarks: text TPR at FPR 1e-3 by length and after edits, its perplexity cost; image bit
+    accuracy and detection after JPEG, resize, crop and noise, and PSNR."""
+    from genlab.bench_watermark import bench_watermark
+
+    if image_run is None and Path("runs/demo-images").exists():
+        image_run = Path("runs/demo-images")
+    temps = [float(t) for t in comma_list(temperatures)]
+    bench_watermark(run, image_run, n, tokens, temps, images, None if no_write else write, text=text, log=err.print)

@@ -10,6 +10,7 @@ import typer
 
 from genlab.cli.common import err
 from genlab.cli.options import DeviceOpt, FastOpt
+from genlab.cli.safety import WatermarkOpt, text_watermark
 
 HELP = "/reset starts over, /exit (or Ctrl-D) leaves"
 
@@ -26,6 +27,7 @@ def chat_cmd(
     seed: int = None,
     device: DeviceOpt = "auto",
     fast: FastOpt = True,
+    watermark: WatermarkOpt = None,
 ):
     """Chat with a model: streaming replies, multi-turn history within its context."""
     from genlab.generate.chat import Conversation
@@ -34,7 +36,7 @@ def chat_cmd(
     lm = load_lm(run, device=device, fast=fast)
     talk = Conversation(lm, clean_text(system) if system else None)
     sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                    repetition_penalty=repetition_penalty, seed=seed)
+                    repetition_penalty=repetition_penalty, seed=seed, watermark=text_watermark(watermark))
     if not lm.chat_template:
         err.print("[yellow]note[/]: this model has no chat template; it continues a plain User/Assistant transcript")
 

@@ -11,6 +11,7 @@ import typer
 from genlab.cli.common import comma_list, err, out
 from genlab.cli.music import generate_music_cmd
 from genlab.cli.options import DeviceOpt, FastOpt, ImageRunArg, LabelOpt, ScaleOpt
+from genlab.cli.safety import WatermarkOpt, text_watermark
 from genlab.errors import GenlabError
 
 app = typer.Typer(no_args_is_help=True, help="Generate with a trained run.")
@@ -33,21 +34,28 @@ def generate_image_cmd(
     nrow: Annotated[int, typer.Option(help="Images per grid row (default: the number of classes, or 8).")] = None,
     scale: ScaleOpt = 1,
     device: DeviceOpt = "auto",
+    watermark: Annotated[str, typer.Option("--watermark", metavar="KEY", help="Mark every saved picture with this "
+                                           "key (invisible-watermark; pictures of 256x256 pixels or more).")] = None,
 ):
     """Sample images from a GAN or VAE run: seeded, as a grid or separate PNGs. Without --label a
     class-conditional model cycles through its classes."""
     from genlab.generate.images import ImageGenerator, save_grid, save_separate
 
     _check_scale(scale)
+    mark = None
+    if watermark is not None:
+        from genlab.safety.watermark_image import ImageWatermark
+
+        mark = ImageWatermark(watermark).embed
     gen = ImageGenerator.from_run(run, device=device)
     labels = gen.labels_for(n, label)
     images = gen.sample(n, labels=labels, seed=seed)
     if separate:
-        paths = save_separate(images, out_path, labels, gen.class_names, scale)
+        paths = save_separate(images, out_path, labels, gen.class_names, scale, mark=mark)
         out.print(f"{len(paths)} images -> {out_path}")
     else:
         per_row = nrow or gen.grid_columns(n, cycling=bool(labels) and label is None)
-        out.print(f"{n} images -> {save_grid(images, out_path, per_row, scale)}")
+        out.print(f"{n} images -> {save_grid(images, out_path, per_row, scale, mark=mark)}")
 
 
 @app.command("text")
@@ -65,13 +73,15 @@ def generate_text_cmd(
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the KV cache.")] = True,
     device: str = "auto",
     fast: FastOpt = True,
+    watermark: WatermarkOpt = None,
 ):
     """Generate text from a prompt."""
     from genlab.generate.text import clean_text, load_lm
 
     lm = load_lm(run, device=device, fast=fast)
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                  repetition_penalty=repetition_penalty, stop=tuple(stop or ()), seed=seed, use_cache=cache)
+                  repetition_penalty=repetition_penalty, stop=tuple(stop or ()), seed=seed, use_cache=cache,
+                  watermark=text_watermark(watermark))
     pieces = lm.stream(prompt, **kwargs)
     first = next(pieces, "")
     if lm.info.truncated:

@@ -31,6 +31,9 @@ def serve_cmd(
     speech_backend: SpeechBackendOpt = "auto",
     device: DeviceOpt = "auto",
     fast: FastOpt = True,
+    watermark: Annotated[str, typer.Option("--watermark", metavar="KEY", help="Watermark every completion with this "
+                                           "key (a request may say \"watermark\": false); studio jobs are marked "
+                                           "either way.")] = None,
 ):
     """Serve the models: OpenAI-compatible API, studio jobs and the web page at /."""
     from genlab.serve import ServerConfig, serve
@@ -47,7 +50,8 @@ def serve_cmd(
         text_run = default_text_run(log=err.print) or DEFAULT_TEXT_RUN
     serve(ServerConfig(text_run=text_run, image_run=image_run, data_dir=data_dir, host=host, port=port,
                        api_key=api_key or None, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
-                       max_body_bytes=max_body_bytes, device=device, fast=fast, speech_backend=speech_backend),
+                       max_body_bytes=max_body_bytes, device=device, fast=fast, speech_backend=speech_backend,
+                       watermark_key=watermark),
           log=err.print)
 
 
@@ -74,6 +78,9 @@ def studio_make_cmd(
     speech_backend: SpeechBackendOpt = "auto",
     narrate: Annotated[bool, typer.Option("--narrate/--no-narrate")] = True,
     semantic: Annotated[bool, typer.Option("--semantic/--keywords", help="Pick the image class with the sentence-embedding model, or by keywords.")] = True,
+    watermark: Annotated[str, typer.Option("--watermark", metavar="KEY", help="Watermark key for the article and "
+                                           "pictures (default: this machine's own key, made on first use).")] = None,
+    no_watermark: Annotated[bool, typer.Option("--no-watermark", help="Do not watermark (research runs).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")] = False,
     device: DeviceOpt = "auto",
 ):
@@ -88,7 +95,7 @@ def studio_make_cmd(
                         speech=SpeechOptions(voice=voice, speed=speed, backend=speech_backend))
     req.validate()
     studio = load_studio(text_run, image_run, text_model=text_model, api_key=api_key, device=device,
-                         semantic_labels=semantic)
+                         semantic_labels=semantic, watermark=False if no_watermark else (watermark or True))
 
     def progress(ev: dict) -> None:
         if ev["event"] == "stage":

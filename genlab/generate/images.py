@@ -15,6 +15,7 @@ import io
 import math
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -188,11 +189,14 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, scale: int = 1) -> Path:
+def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, scale: int = 1,
+              mark: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
+    """``mark``: applied to the enlarged picture before it is written (e.g. an image watermark)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--out must be a .png file (got '{path.name}')")
-    runs.atomic_write_bytes(path, png_bytes(upscale(make_grid(images, nrow), scale)))
+    picture = upscale(make_grid(images, nrow), scale)
+    runs.atomic_write_bytes(path, png_bytes(mark(picture) if mark else picture))
     return path
 
 
@@ -218,7 +222,8 @@ def slug(name: str) -> str:
 
 
 def save_separate(images: np.ndarray, folder: str | Path, labels: list[int] | None,
-                  class_names: list[str], scale: int = 1) -> list[Path]:
+                  class_names: list[str], scale: int = 1,
+                  mark: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Path]:
     """One PNG per image: 000.png, or 000-dress.png when the image has a label."""
     folder = Path(folder)
     if folder.suffix.lower() == ".png":
@@ -227,7 +232,8 @@ def save_separate(images: np.ndarray, folder: str | Path, labels: list[int] | No
     for i, img in enumerate(images):
         name = f"{i:03d}" + (f"-{slug(class_names[labels[i]])}" if labels is not None else "") + ".png"
         paths.append(folder / name)
-        runs.atomic_write_bytes(paths[-1], png_bytes(upscale(img.transpose(1, 2, 0), scale)))
+        picture = upscale(img.transpose(1, 2, 0), scale)
+        runs.atomic_write_bytes(paths[-1], png_bytes(mark(picture) if mark else picture))
     return paths
 
 

@@ -8,9 +8,10 @@ context, the window shifts: the newest half is kept and re-read, then generation
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -43,6 +44,17 @@ class GenerationInfo:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per completion token, when asked for
 
 
+class LogitsWatermark(Protocol):
+    """A keyed watermark in the sampler (genlab.safety.watermark_text): it changes the logits as a
+    function of the last ``context_width`` tokens (prompt included) before the token is picked."""
+
+    context_width: int
+
+    def apply(self, logits: torch.Tensor, context: Sequence[int]) -> torch.Tensor: ...
+
+    def describe(self) -> dict: ...
+
+
 @dataclass
 class SamplingOptions:
     max_tokens: int = 100
@@ -59,6 +71,7 @@ class SamplingOptions:
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit (-100..100)
     logprobs: int | None = None  # None: none; k: each token's logprob and the k most likely tokens
     grammar: Grammar | None = None  # constrained decoding (LanguageModel.grammar); each sequence its own state
+    watermark: LogitsWatermark | None = None  # e.g. genlab.safety.watermark_text.TextWatermark(key)
 
     def validate(self) -> None:
         if self.max_tokens < 0:
@@ -116,14 +129,19 @@ class Piece(str):
 
 class TokenSampler:
     """One sequence's way from logits to a token, the same in ``LanguageModel.stream`` and the
-    batching scheduler: (a) logit bias and penalties, then the grammar's mask; (b) ``next_token``
+    batching scheduler: (a) logit bias and penalties, the watermark (which reads the last tokens of
+    ``context``, the prompt, and then of the output), then the grammar's mask; (b) ``next_token``
     picks; (c) the logprobs asked for; (d) the grammar moves on by the chosen token.
 
     ``keep()`` says the last token is part of the completion (end-of-text is not, as in OpenAI's
     API); ``piece(text)`` attaches the kept tokens' logprobs not yet sent to a piece of text."""
 
-    def __init__(self, opts: SamplingOptions, gen: torch.Generator, vocab_size: int) -> None:
+    def __init__(self, opts: SamplingOptions, gen: torch.Generator, vocab_size: int,
+                 context: Sequence[int] = ()) -> None:
         self.opts, self.gen = opts, gen
+        self.recent: list[int] = []  # the watermark's context: the last tokens seen
+        if opts.watermark is not None and opts.watermark.context_width:
+            self.recent = list(context)[-opts.watermark.context_width:]
         self.constraint = None
         if opts.grammar is not None:
             if opts.grammar.vocab.vocab_size != vocab_size:
@@ -149,6 +167,9 @@ class TokenSampler:
             x = x + self.bias
         if self.counts is not None:
             x = x - self.counts * self.opts.frequency_penalty - (self.counts > 0).float() * self.opts.presence_penalty
+        wm = self.opts.watermark
+        if wm is not None:
+            x = wm.apply(x, self.recent)
         if self.constraint is not None:
             allowed = self.constraint.allowed()
             if not bool(allowed.any()):
@@ -164,6 +185,8 @@ class TokenSampler:
             self.last = TokenLogprob(tok, float(lp[tok]), pairs)
         if self.counts is not None:
             self.counts[tok] += 1
+        if wm is not None and wm.context_width:
+            self.recent = [*self.recent, tok][-wm.context_width:]
         if self.constraint is not None:
             self.constraint.advance(tok)
         return tok
@@ -344,7 +367,7 @@ class LanguageModel:
         ids, info, gen = start_generation(self.encode(prompt), ctx, self.eot, opts)
         self.info = info
         detok = Detokenizer(self.decode, opts.stop)
-        sampler = TokenSampler(opts, gen, self.config.vocab_size)
+        sampler = TokenSampler(opts, gen, self.config.vocab_size, context=ids)
         info.completion_ids, info.logprobs = detok.ids, sampler.kept
 
         def forward(tokens: torch.Tensor, cache, start: int) -> torch.Tensor:

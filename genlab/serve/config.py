@@ -22,4 +22,8 @@ class ServerConfig:
     fast: bool = True  # PyTorch runs: the fused, kernel-backed inference path (False: the reference path)
     semantic_labels: bool = True
     speech_backend: str = "auto"
+    # Text watermark key (genlab.safety.watermark_text): every completion is marked unless the request
+    # says "watermark": false. None: no text watermark on the API. Studio jobs are marked either way
+    # (with this key, else the machine's own key), as in `genlab studio make`.
+    watermark_key: str | None = None
     extra: dict = field(default_factory=dict)

@@ -76,6 +76,9 @@ class SamplingBody(_Strict):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id -> bias
     response_format: ResponseFormat | None = None  # also on completions, as in vLLM
+    # genlab's own: None = the server's setting (marked when started with --watermark KEY); false = not
+    # marked; true = marked (a 400 on a server without a key). genlab detect finds the mark.
+    watermark: bool | None = None
     # Metadata the official client may send; it changes nothing here.
     user: str | None = None
     metadata: dict[str, str] | None = None

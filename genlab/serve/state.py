@@ -52,6 +52,14 @@ class Service:
         if self.scheduler is not None:  # studio jobs share the scheduler (and its batches) with the API
             self.studio = Studio(GenlabTextBackend(self.lm, self.scheduler), self.images, cfg.image_run,
                                  cfg.semantic_labels)
+            from genlab.safety.bundle import studio_safety
+
+            self.studio.safety = studio_safety(cfg.watermark_key or True)
+        self.watermark = None  # the API's text watermark
+        if cfg.watermark_key:
+            from genlab.safety.watermark_text import TextWatermark
+
+            self.watermark = TextWatermark(cfg.watermark_key)
         self.jobs: dict[str, JobState] = {}
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genlab-studio")
         self.created = int(time.time())

@@ -109,12 +109,15 @@ def sampling_options(svc: Service, body: SamplingBody, max_tokens: int | None, c
     if any(not s for s in stop):
         raise APIError(400, "stop strings must not be empty", "stop")
     bias = logit_bias(svc, body)
+    if body.watermark and svc.watermark is None:
+        raise APIError(400, "this server has no watermark key; start it with --watermark KEY", "watermark")
+    watermark = svc.watermark if body.watermark is not False else None
     return [SamplingOptions(max_tokens=max_tokens, temperature=sampling_temperature(body.temperature),
                             top_p=body.top_p, top_k=body.top_k, repetition_penalty=body.repetition_penalty,
                             stop=stop + chat_stop,
                             seed=None if body.seed is None else body.seed + i, ignore_eot=body.ignore_eos,
                             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                            logit_bias=bias, logprobs=logprobs_k(body), grammar=grammar)
+                            logit_bias=bias, logprobs=logprobs_k(body), grammar=grammar, watermark=watermark)
             for i in range(body.n)]
 
 

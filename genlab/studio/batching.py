@@ -208,7 +208,7 @@ class BatchScheduler:
         opts.validate()
         ids, info, gen = start_generation(self.lm.encode(prompt), self.lm.config.context, self.lm.eot, opts)
         seq = _Sequence(ids=ids, opts=opts, sink=sink, gen=gen, info=info, detok=Detokenizer(self.lm.decode, opts.stop),
-                        sampler=TokenSampler(opts, gen, self.lm.config.vocab_size))
+                        sampler=TokenSampler(opts, gen, self.lm.config.vocab_size, context=ids))
         info.completion_ids, info.logprobs = seq.detok.ids, seq.sampler.kept
         with self._cv:
             if self._stopped:

