@@ -229,7 +229,7 @@ def test_harmonize_keeps_the_melody(music_run, pieces, tmp_path, monkeypatch, ca
         [(n.onset, n.duration, n.pitch) for n in tune.voices[0]]  # the given soprano, note for note
     assert [t.name for t in others] == ["Alto", "Tenor", "Bass"] and all(len(t.notes) for t in others)
     end = max(n.onset + n.duration for n in tune.voices[0]) * tpq
-    assert all(n.time < end for t in others for n in t.notes)  # within the melody's bars
+    assert all(n.end <= end for t in others for n in t.notes)  # nothing outlasts the tune
 
 
 def test_bad_inputs_one_line_exit_2(tmp_path, monkeypatch, capsys):

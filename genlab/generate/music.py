@@ -69,6 +69,10 @@ class Grammar:
         for i, name in enumerate(v.names):
             self.kind[i] = name.split("_")[0] if name else ""
         self.sig_ids = dict(v.time_sig)
+        self.duration_ticks = {}  # token id -> length in positions
+        for name, i in v.duration.items():
+            beats, ticks, res = (int(x) for x in name.split("_")[1].split("."))
+            self.duration_ticks[i] = (beats * res + ticks) * v.ticks_per_beat // res
 
     @property
     def bar_ticks(self) -> int:
@@ -103,6 +107,10 @@ class Grammar:
         if last == "Pitch":
             if self._pending_duration is not None:
                 return [self._pending_duration]
+            if self.melody_end is not None:  # harmonizing: no note outlasts the tune
+                left = self.melody_end - (self.bar - 1) * self.bar_ticks - self.pos
+                fits = [i for i, d in self.duration_ticks.items() if d <= left]
+                return fits or [min(self.duration_ticks, key=self.duration_ticks.get)]
             return list(v.duration.values())
         # after TimeSig or Duration: another voice here, a later position, the next bar, or the end
         pending = self._pending()
