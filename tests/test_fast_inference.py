@@ -112,6 +112,7 @@ def test_fast_path_generates_what_the_reference_path_generates(quantized_runs, m
     fast = load_lm(quantized_runs[method], device="cpu")
     ref = load_lm(quantized_runs[method], device="cpu", fast=False)
     assert fast.model.layers[0].attn.qkv is not None and ref.model.layers[0].attn.qkv is None
+    assert (fast.model.decode_step is not None) == kernels.available() and ref.model.decode_step is None
     for prompt in ("The cat", "Every morning the small bird"):
         # 80 tokens with a 64-token context: the window shift is crossed too.
         kw = dict(max_tokens=80, temperature=0, ignore_eot=True)
@@ -119,6 +120,55 @@ def test_fast_path_generates_what_the_reference_path_generates(quantized_runs, m
     idx = torch.tensor([fast.encode("Old dog ran far away")])
     with torch.no_grad():
         assert torch.allclose(fast.model(idx), ref.model(idx), atol=1e-3)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_c_decode_step_equals_the_layers_step_by_step(threads):
+    """The whole step in C (kernels/decode.c) against the model's own layers, one token at a time
+    past the cache's first growth (256 positions), with 3 query heads per key/value head."""
+    torch.manual_seed(2)
+    cfg = LMConfig(vocab_size=70, context=300, n_layer=2, n_head=6, n_kv_head=2, d_model=96)
+    ref = Transformer(cfg).eval()
+    fast = Transformer(cfg).eval()
+    fast.load_state_dict(ref.state_dict())
+    fast.fuse_for_inference()
+    assert fast.decode_step is not None
+    idx = torch.randint(0, 70, (1, 290))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            full = ref(idx)
+            c_ref, c_fast = ref.new_cache(1), fast.new_cache(1)
+            assert torch.allclose(fast(idx[:, :5], c_fast, 0), ref(idx[:, :5], c_ref, 0), atol=1e-5)  # prefill: layers
+            for t in range(5, 290):
+                step = fast(idx[:, t : t + 1], c_fast, t)
+                assert step.shape == (1, 1, 70) and c_fast.length == t + 1
+                assert torch.allclose(step[0, 0], full[0, t], atol=1e-4), t
+                assert torch.allclose(step, ref(idx[:, t : t + 1], c_ref, t), atol=1e-4), t
+            assert c_fast.capacity == 300 and torch.allclose(c_fast.k[1][:, :, :290], c_ref.k[1][:, :, :290], atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernels
+def test_c_decode_step_leaves_batches_to_the_layers():
+    torch.manual_seed(3)
+    model = Transformer(LMConfig(vocab_size=40, context=32, n_layer=1, n_head=2, n_kv_head=1, d_model=32)).eval()
+    model.fuse_for_inference()
+    calls = []
+    step = model.decode_step
+    model.decode_step = lambda *a: calls.append(a) or step(*a)
+    idx = torch.randint(0, 40, (2, 6))
+    with torch.no_grad():
+        full = model(idx)
+        cache = model.new_cache(2)  # two rows: the layers decode them
+        model(idx[:, :5], cache, 0)
+        assert torch.allclose(model(idx[:, 5:], cache, 5)[:, 0], full[:, 5], atol=1e-5) and not calls
+        cache = model.new_cache(1)
+        model(idx[:1, :5], cache, 0)
+        assert torch.allclose(model(idx[:1, 5:], cache, 5)[0, 0], full[0, 5], atol=1e-5) and len(calls) == 1
 
 
 def test_batched_cache_holds_only_what_is_in_flight(trained_run, one_thread):

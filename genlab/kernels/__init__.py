@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("qmatmul.c")
+SOURCE = Path(__file__).with_name("decode.c")  # it includes qmatmul.c: one library
+SOURCES = [SOURCE, Path(__file__).with_name("qmatmul.c")]
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
          "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
 MAX_ROWS = 16  # activation rows up to which these kernels beat dequantize + sgemm here (BENCHMARKS.md)
@@ -38,9 +39,10 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), cc, *version]).encode()).hexdigest()[:16]
+    text = [p.read_text() for p in SOURCES]
+    key = hashlib.sha256("\n".join([*text, " ".join(FLAGS), cc, *version]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("GENLAB_KERNEL_CACHE", Path.home() / ".cache" / "genlab" / "kernels"))
-    out = cache / f"qmatmul-{key}.so"
+    out = cache / f"genlab-kernels-{key}.so"
     if out.is_file():
         return out
     cache.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,8 @@ def library() -> ctypes.CDLL | None:
     lib.gl_q8_matmul.argtypes = [_P, _I, _I, _P, _P, _I, _P, _I]
     lib.gl_q4_matmul.argtypes = [_P, _I, _I, _P, _P, _I, _I, _P, _I]
     lib.gl_kernel_isa.restype = ctypes.c_char_p
+    lib.gl_decode_scratch.argtypes, lib.gl_decode_scratch.restype = [_P, _I], ctypes.c_long
+    lib.gl_decode.argtypes = [_P, _P, _I, _P, _P, _I, _P, _P, _I]
     _lib = lib
     return lib
 

@@ -191,6 +191,18 @@ class QuantLinear(_QuantWeight):
         if self.bits == 4 and self.qweight.device.type == "cpu":
             self.kernel_scale = self.scale.float().contiguous()
 
+    def kernel_operands(self) -> tuple[int, torch.Tensor, torch.Tensor, int] | None:
+        """(bits, integer weights, fp32 scales, int4 group size) for genlab's C decode step
+        (genlab.kernels.decode), or None where its kernels cannot take this layer."""
+        if not self.use_kernels or self.cols % 16:
+            return None
+        if self.bits == 8 and self.scale.dtype == torch.float32:
+            return 8, self.qweight, self.scale, 0
+        group = self.cols // self.scale.shape[-1]
+        if self.bits == 4 and self.kernel_scale is not None and group % 32 == 0:
+            return 4, self.qweight, self.kernel_scale, group
+        return None
+
     @classmethod
     def fuse_rows(cls, layers: list[QuantLinear]) -> QuantLinear | None:
         """transformer.fuse_rows for quantized layers: their rows concatenated (scales are per row or

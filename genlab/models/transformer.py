@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.jsonconfig import JsonConfig
+from genlab.kernels.decode import decode_step as c_decode_step
 
 
 @dataclass
@@ -306,6 +307,8 @@ class Transformer(nn.Module):
             n -= self.embed.weight.numel()
         return n
 
+    decode_step = None  # set by fuse_for_inference on a CPU: one sequence's next token in one C call
+
     batching = True  # rows at different positions can share a forward pass (through their cache)
     scores_last_only = True  # forward(..., last_only=True) skips the LM head but for the last position
 
@@ -322,6 +325,10 @@ class Transformer(nn.Module):
         ``last_only``: logits of the last position alone, (batch, 1, vocab) — what sampling needs;
         a prefill then skips the LM head (the largest matrix) for every other position."""
         T = idx.shape[1]
+        step = self.decode_step
+        if (step is not None and T == 1 and idx.shape[0] == 1 and type(cache) is KVCache
+                and cache.k[0].dtype == torch.float32 and not torch.is_grad_enabled()):
+            return step(idx, cache, start)
         positions = cache.positions(start, T) if cache is not None else None
         attn_mask = cache.attn_mask(start, T) if cache is not None else None
         if positions is not None:
@@ -348,7 +355,11 @@ class Transformer(nn.Module):
         product, and its gate/up projections another. The fused matrix holds the weights; the
         original layers keep views of its rows, so nothing is stored twice and state_dict keeps
         its names. Call it once the model is on its device (moving it afterwards separates the
-        views). Layers of other kinds (LoRA adapters) are left as they are."""
+        views). Layers of other kinds (LoRA adapters) are left as they are.
+
+        On a CPU, decoding one sequence then runs as one C call per token (genlab.kernels.decode:
+        the whole step, every layer, with the model's own weights), when the C code can take every
+        layer; the layers above compute everything else (prefill, batches, training)."""
         for block in self.layers:
             attn, mlp = block.attn, block.mlp
             fused = fuse_rows([attn.q_proj, attn.k_proj, attn.v_proj])
@@ -357,6 +368,7 @@ class Transformer(nn.Module):
             fused = fuse_rows([mlp.gate_proj, mlp.up_proj])
             if fused is not None:
                 object.__setattr__(mlp, "gate_up", fused)
+        self.decode_step = c_decode_step(self)
         return self
 
     def new_cache(self, batch: int = 1, max_len: int | None = None, dtype=None) -> KVCache:
