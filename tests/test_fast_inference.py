@@ -153,22 +153,29 @@ def test_c_decode_step_equals_the_layers_step_by_step(threads):
 
 
 @needs_kernels
-def test_c_decode_step_leaves_batches_to_the_layers():
+def test_c_decode_step_takes_batches_and_leaves_other_caches_to_the_layers():
     torch.manual_seed(3)
-    model = Transformer(LMConfig(vocab_size=40, context=32, n_layer=1, n_head=2, n_kv_head=1, d_model=32)).eval()
+    model = Transformer(LMConfig(vocab_size=40, context=32, n_layer=2, n_head=4, n_kv_head=2, d_model=32)).eval()
     model.fuse_for_inference()
     calls = []
     step = model.decode_step
     model.decode_step = lambda *a: calls.append(a) or step(*a)
-    idx = torch.randint(0, 40, (2, 6))
+    idx = torch.randint(0, 40, (6, 9))  # 6 rows: more than the 4 that share one pass over a weight row
     with torch.no_grad():
         full = model(idx)
-        cache = model.new_cache(2)  # two rows: the layers decode them
+        cache = model.new_cache(6)
         model(idx[:, :5], cache, 0)
-        assert torch.allclose(model(idx[:, 5:], cache, 5)[:, 0], full[:, 5], atol=1e-5) and not calls
-        cache = model.new_cache(1)
-        model(idx[:1, :5], cache, 0)
-        assert torch.allclose(model(idx[:1, 5:], cache, 5)[0, 0], full[0, 5], atol=1e-5) and len(calls) == 1
+        for t in range(5, 9):
+            assert torch.allclose(model(idx[:, t : t + 1], cache, t)[:, 0], full[:, t], atol=1e-5)
+        assert len(calls) == 4 and cache.length == 9
+
+        class Lends(KVCache):
+            def kernel_buffers(self, start):
+                return None
+
+        cache = Lends(model.cfg, 6, 32, "cpu", torch.float32)
+        model(idx[:, :8], cache, 0)
+        assert torch.allclose(model(idx[:, 8:], cache, 8)[:, 0], full[:, 8], atol=1e-5) and len(calls) == 5
 
 
 def test_batched_cache_holds_only_what_is_in_flight(trained_run, one_thread):

@@ -76,8 +76,8 @@ def library() -> ctypes.CDLL | None:
     lib.gl_q8_matmul.argtypes = [_P, _I, _I, _P, _P, _I, _P, _I]
     lib.gl_q4_matmul.argtypes = [_P, _I, _I, _P, _P, _I, _I, _P, _I]
     lib.gl_kernel_isa.restype = ctypes.c_char_p
-    lib.gl_decode_scratch.argtypes, lib.gl_decode_scratch.restype = [_P, _I], ctypes.c_long
-    lib.gl_decode.argtypes = [_P, _P, _I, _P, _P, _I, _P, _P, _I]
+    lib.gl_decode_scratch.argtypes, lib.gl_decode_scratch.restype = [_P, _I, ctypes.c_long], ctypes.c_long
+    lib.gl_decode.argtypes = [_P, _P, _I, _P, _P, _P, _I, _P, _P, _I]
     _lib = lib
     return lib
 

@@ -1,8 +1,9 @@
-"""The whole decoding step of one sequence in one C call (decode.c), for models on the CPU.
+"""The whole decoding step in one C call (decode.c), for models on the CPU.
 
 ``decode_step(model)`` describes a fused ``Transformer``'s weights to the C code once (pointers to
 the model's own tensors: nothing is copied) and returns a callable that replaces the forward pass
-for one new token of one sequence with a ``KVCache``; None when the model has something the C code
+for one new token in each row of a cache that lends its buffers (a ``KVCache``, the server's batch
+cache), every row at its own position; None when the model has something the C code
 does not do (weights that are not fp32/int8/int4 genlab layers, e.g. LoRA adapters or bf16, a
 GPU, no compiler), and the model then runs its layers as usual.
 """
@@ -58,36 +59,45 @@ def _linear(m: nn.Module | None, keep: list) -> _Linear | None:
 
 
 class DecodeStep:
-    """``step(idx, cache, start)``: logits (1, 1, vocab) for the one token ``idx`` (1, 1) at position
-    ``start``, its keys and values written into ``cache`` — what ``Transformer.forward`` returns."""
+    """``step(idx, cache, start)``: logits (rows, 1, vocab) for one new token per row, ``idx`` (rows,
+    1), their keys and values written into ``cache`` — what ``Transformer.forward`` returns — or None
+    when the cache cannot lend its buffers (``Cache.kernel_buffers``) and the layers must run."""
 
     def __init__(self, model: nn.Module, desc: _Model, keep: list, layers) -> None:
         self.model, self.desc, self._keep, self._layers = model, desc, keep, layers
         self._lib = kernels.library()
-        self._views: tuple | None = None  # (capacity, key pointers, value pointers, scratch)
+        self._pointers: tuple | None = None  # (the last cache's tensors, key pointers, value pointers)
+        self._scratch = torch.empty(0)
 
-    def __call__(self, idx: torch.Tensor, cache, start: int) -> torch.Tensor:
-        cfg = self.model.cfg
+    def __call__(self, idx: torch.Tensor, cache, start: int) -> torch.Tensor | None:
+        cfg, n = self.model.cfg, idx.shape[0]
         if self.model.norm.weight.data_ptr() != self.desc.final_norm:
-            # The model was moved or cast since (its tensors are new ones): run its layers from now on.
-            self.model.decode_step = None
-            return self.model(idx, cache, start)
-        if start + 1 > cfg.context:
-            raise ValueError(f"sequence of {start + 1} tokens exceeds the context of {cfg.context}")
-        cache.reserve(start + 1)
-        x = self.model.embed(idx).reshape(-1).float().contiguous()
-        cap = cache.capacity
-        if self._views is None or self._views[0] != cap or self._views[1][0] != cache.k[0].data_ptr():
-            pointers = ctypes.c_void_p * cfg.n_layer
-            scratch = torch.empty(self._lib.gl_decode_scratch(ctypes.byref(self.desc), cap - 1))
-            self._views = (cap, pointers(*[t.data_ptr() for t in cache.k]), pointers(*[t.data_ptr() for t in cache.v]),
-                           scratch, list(cache.k) + list(cache.v))
-        _, k_ptrs, v_ptrs, scratch, _ = self._views
-        logits = torch.empty(cfg.vocab_size)
-        self._lib.gl_decode(ctypes.byref(self.desc), x.data_ptr(), start, k_ptrs, v_ptrs, cap, logits.data_ptr(),
-                            scratch.data_ptr(), torch.get_num_threads())
+            self.model.decode_step = None  # the model was moved or cast since: its tensors are new ones
+            return None
+        buffers = cache.kernel_buffers(start)
+        if buffers is None:
+            return None
+        k, v, pos = buffers
+        if k[0].dtype != torch.float32 or k[0].device.type != "cpu" or k[0].shape[0] < n or len(pos) != n:
+            return None
+        last = int(pos.max())
+        if last >= cfg.context:
+            raise ValueError(f"position {last} exceeds the context of {cfg.context}")
+        held = [*k, *v]  # the tensors themselves are kept: their addresses stay theirs while cached here
+        if self._pointers is None or any(a is not b for a, b in zip(self._pointers[0], held, strict=True)):
+            array = ctypes.c_void_p * cfg.n_layer
+            self._pointers = (held, array(*[t.data_ptr() for t in k]), array(*[t.data_ptr() for t in v]))
+        _, k_ptrs, v_ptrs = self._pointers
+        need = self._lib.gl_decode_scratch(ctypes.byref(self.desc), n, last)
+        if self._scratch.numel() < need:
+            self._scratch = torch.empty(2 * need)  # room to grow: positions advance every step
+        x = self.model.embed(idx).reshape(n, cfg.d_model).float().contiguous()
+        pos = pos.to(torch.int64).contiguous()
+        logits = torch.empty(n, cfg.vocab_size)
+        self._lib.gl_decode(ctypes.byref(self.desc), x.data_ptr(), n, pos.data_ptr(), k_ptrs, v_ptrs, k[0].shape[2],
+                            logits.data_ptr(), self._scratch.data_ptr(), torch.get_num_threads())
         cache.length = start + 1
-        return logits.view(1, 1, -1)
+        return logits.view(n, 1, -1)
 
 
 def decode_step(model: nn.Module) -> DecodeStep | None:

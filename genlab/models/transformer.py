@@ -106,6 +106,12 @@ class Cache:
         """A boolean mask broadcastable to (batch, heads, T, cached length), or None for causal."""
         return None
 
+    def kernel_buffers(self, start: int) -> tuple[list, list, torch.Tensor] | None:
+        """For the C decode step (genlab.kernels.decode), one new token per row at ``start``: every
+        layer's key and value tensors, (rows, n_kv_head, capacity, head_dim), with room for it, and
+        each row's position (int64); None where this cache cannot lend them."""
+        return None
+
 
 def cache_capacity(needed: int, limit: int, smallest: int = 256) -> int:
     """Positions to allocate for ``needed`` of them: the next power of two from ``smallest`` on, at
@@ -146,6 +152,10 @@ class KVCache(Cache):
                 new = old.new_zeros(old.shape[0], old.shape[1], size, old.shape[3])
                 new[:, :, : old.shape[2]] = old
                 buffers[i] = new
+
+    def kernel_buffers(self, start: int) -> tuple[list, list, torch.Tensor]:
+        self.reserve(start + 1)
+        return self.k, self.v, torch.full((self.k[0].shape[0],), start, dtype=torch.long)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + k.shape[2]
@@ -307,7 +317,7 @@ class Transformer(nn.Module):
             n -= self.embed.weight.numel()
         return n
 
-    decode_step = None  # set by fuse_for_inference on a CPU: one sequence's next token in one C call
+    decode_step = None  # set by fuse_for_inference on a CPU: a one-token step in one C call
 
     batching = True  # rows at different positions can share a forward pass (through their cache)
     scores_last_only = True  # forward(..., last_only=True) skips the LM head but for the last position
@@ -325,10 +335,10 @@ class Transformer(nn.Module):
         ``last_only``: logits of the last position alone, (batch, 1, vocab) — what sampling needs;
         a prefill then skips the LM head (the largest matrix) for every other position."""
         T = idx.shape[1]
-        step = self.decode_step
-        if (step is not None and T == 1 and idx.shape[0] == 1 and type(cache) is KVCache
-                and cache.k[0].dtype == torch.float32 and not torch.is_grad_enabled()):
-            return step(idx, cache, start)
+        if self.decode_step is not None and T == 1 and cache is not None and not torch.is_grad_enabled():
+            logits = self.decode_step(idx, cache, start)  # None: this cache cannot lend its buffers
+            if logits is not None:
+                return logits
         positions = cache.positions(start, T) if cache is not None else None
         attn_mask = cache.attn_mask(start, T) if cache is not None else None
         if positions is not None:
@@ -357,9 +367,10 @@ class Transformer(nn.Module):
         its names. Call it once the model is on its device (moving it afterwards separates the
         views). Layers of other kinds (LoRA adapters) are left as they are.
 
-        On a CPU, decoding one sequence then runs as one C call per token (genlab.kernels.decode:
-        the whole step, every layer, with the model's own weights), when the C code can take every
-        layer; the layers above compute everything else (prefill, batches, training)."""
+        On a CPU, decoding then runs as one C call per token step (genlab.kernels.decode: the
+        whole step, every layer, with the model's own weights, for every row of the cache), when
+        the C code can take every layer; the layers above compute everything else (prefill,
+        training, caches that do not lend their buffers)."""
         for block in self.layers:
             attn, mlp = block.attn, block.mlp
             fused = fuse_rows([attn.q_proj, attn.k_proj, attn.v_proj])

@@ -107,6 +107,10 @@ class SlotCache(Cache):
             raise ValueError("a SlotCache takes one token per row (prefill each sequence on its own cache)")
         return self._dev_pos[:, None]
 
+    def kernel_buffers(self, start: int) -> tuple[list, list, torch.Tensor]:
+        """The rows of the coming step (``step``) as the C decode step takes them."""
+        return self.k, self.v, self.pos[: len(self._rows)]
+
     def attn_mask(self, start: int, T: int) -> torch.Tensor:
         """(n, 1, 1, span): row i sees its positions up to and including the one being written."""
         return self._mask
