@@ -169,7 +169,8 @@ def test_eval_scores_the_test_pieces(music_run, monkeypatch, capsys):
     from genlab.cli import main
 
     run, result = music_run
-    monkeypatch.setattr("sys.argv", ["genlab", "eval", str(run), "--json", "--device", "cpu"])
+    monkeypatch.setattr("sys.argv", ["genlab", "eval", str(run), "--json", "--device", "cpu", "--pieces", "2",
+                                     "--bars", "2"])
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code in (0, None)
@@ -178,6 +179,28 @@ def test_eval_scores_the_test_pieces(music_run, monkeypatch, capsys):
     assert res["pieces"] == cfg["data"]["test_pieces"] == 1 and res["tokens"] == cfg["data"]["test_tokens"] - 1
     assert res["nll_per_note"] > res["loss"] > 0 and np.isfinite(res["perplexity"])
     assert res["loss"] < np.log(cfg["model"]["vocab_size"])  # better than uniform after 30 steps
+    st = res["statistics"]
+    assert st["generated"]["pieces"] == 2 and st["test"]["pieces"] == 1 and st["test"]["notes"] > 100
+    assert st["test"]["in_key"] > 0.9 and st["test"]["in_range"] > 0.95  # Bach, by these measures
+    assert st["generated"]["in_range"] > 0.8  # the sampler keeps voices within two semitones of range
+    assert 0 <= st["pitch_class_distance"] <= 1 and 0 <= st["rhythm_distance"] <= 1
+
+
+def test_parallel_fifths_and_octaves_are_counted():
+    from genlab.evaluate.music import piece_statistics, voice_leading
+
+    def line(*pitches):
+        return [mdata.Note(float(i), 1.0, p) for i, p in enumerate(pitches)]
+
+    # soprano G-A-B-B, bass C-D-G-E: C/G -> D/A is a parallel fifth; D/A -> G/B contrary motion;
+    # G/B -> E/B one voice holds. Three steps, one parallel fifth.
+    fifths = mdata.Piece("p5", [line(67, 69, 71, 71), [], [], line(48, 50, 43, 40)])
+    assert voice_leading(fifths) == (3, 1, 0)
+    octaves = mdata.Piece("p8", [line(72, 74), [], [], line(48, 50)])  # C/C -> D/D in octaves
+    assert voice_leading(octaves) == (1, 0, 1)
+    st = piece_statistics([fifths])
+    assert st["notes"] == 8 and st["in_key"] == 1.0 and st["parallel_fifths_per_100"] == 100 / 3
+    assert abs(sum(st["pitch_classes"]) - 1) < 1e-3 and st["durations"][3] == 1.0  # all quarter notes
 
 
 def test_resume_after_ctrl_c_is_exact(chorale_dir, tmp_path, monkeypatch, one_thread):

@@ -34,6 +34,8 @@ def eval_cmd(
     n: Annotated[int, typer.Option(help="GAN/VAE: generated images for FCD and precision/recall.")] = 10_000,
     k: Annotated[int, typer.Option(help="GAN/VAE: neighbours for the precision/recall manifolds.")] = 3,
     seed: Annotated[int, typer.Option(help="GAN/VAE: sampling seed.")] = 0,
+    pieces: Annotated[int, typer.Option(help="Music: pieces to generate for the statistics (0: likelihood only).")] = 8,
+    bars: Annotated[int, typer.Option(help="Music: bars per generated piece.")] = 8,
 ):
     """LM: perplexity and bits per byte on held-out text. GAN/VAE: FCD, precision/recall, conditional
     accuracy and (VAE) negative ELBO, in the features of genlab's own classifier. Music: NLL per token
@@ -45,7 +47,7 @@ def eval_cmd(
         _eval_image(run, data, n, k, seed, as_json, device)
         return
     if (read_json_config(run) or {}).get("family") == "music":
-        _eval_music(run, data, as_json, device)
+        _eval_music(run, data, as_json, device, pieces, bars, seed)
         return
     from genlab.evaluate.perplexity import evaluate_lm
 
@@ -57,17 +59,32 @@ def eval_cmd(
                   f"perplexity {res['perplexity']:.2f}, bits/byte {res['bits_per_byte']:.4f}")
 
 
-def _eval_music(run: Path, data: list[str] | None, as_json: bool, device: str) -> None:
-    from genlab.evaluate.music import evaluate_music
+def _eval_music(run: Path, data: list[str] | None, as_json: bool, device: str, pieces: int, bars: int,
+                seed: int) -> None:
+    from genlab.evaluate.music import evaluate_music, music_statistics
 
     if data:
         raise GenlabError("--data is for LM runs; a music run is scored on the test pieces of its own data")
+    if pieces < 0 or bars < 1:
+        raise GenlabError("--pieces must be 0 or more and --bars at least 1")
     res = evaluate_music(run, device=device, log=err.print)
+    if pieces:
+        res["statistics"] = music_statistics(run, pieces=pieces, bars=bars, seed=seed, device=device)
     if as_json:
         out.print_json(json.dumps(res))
-    else:
-        out.print(f"{res['pieces']} test pieces: {res['tokens']:,} tokens, {res['notes']:,} notes, loss "
-                  f"{res['loss']:.4f}/token (perplexity {res['perplexity']:.2f}), {res['nll_per_note']:.4f} nats/note")
+        return
+    out.print(f"{res['pieces']} test pieces: {res['tokens']:,} tokens, {res['notes']:,} notes, loss "
+              f"{res['loss']:.4f}/token (perplexity {res['perplexity']:.2f}), {res['nll_per_note']:.4f} nats/note")
+    if pieces:
+        st = res["statistics"]
+        out.print(f"{'':12} {'pieces':>6} {'notes':>6} {'in key':>7} {'in range':>8} {'par. 5ths':>9} {'par. 8ves':>9}"
+                  "  (per 100 voice-leading steps)")
+        for name in ("test", "generated"):
+            r = st[name]
+            out.print(f"{name:12} {r['pieces']:>6} {r['notes']:>6} {r['in_key']:>7.1%} {r['in_range']:>8.1%} "
+                      f"{r['parallel_fifths_per_100']:>9.2f} {r['parallel_octaves_per_100']:>9.2f}")
+        out.print(f"pitch-class histogram distance {st['pitch_class_distance']:.3f}, rhythm histogram distance "
+                  f"{st['rhythm_distance']:.3f} (total variation; 0 = the same)")
 
 
 def _eval_image(run: Path, data: list[str] | None, n: int, k: int, seed: int, as_json: bool, device: str) -> None:
