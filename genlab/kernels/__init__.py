@@ -1,10 +1,12 @@
-"""genlab's own CPU kernels: weight-only int8 and int4 matrix products for decoding (qmatmul.c).
+"""genlab's own CPU kernels: weight-only int8 and int4 matrix products for few rows (qmatmul.c),
+and the whole decoding step of the Transformer in one call (decode.c, driven by decode.py).
 
-The C file is compiled on first use with the machine's C compiler for the machine's own
+The C files are compiled on first use with the machine's C compiler for the machine's own
 instruction set (``-march=native``: AVX2/FMA where the CPU has them) into
 ``~/.cache/genlab/kernels`` (``GENLAB_KERNEL_CACHE``), once per source, flags and compiler, and
 called through ctypes. Where no compiler is found or the build fails, ``available()`` is False
-and the quantized layers dequantize per call instead (slower, same numbers): nothing else changes.
+and the quantized layers dequantize per call and the model runs its layers instead (slower, same
+numbers): nothing else changes.
 ``GENLAB_KERNELS=0`` turns the kernels off.
 """
 
@@ -115,25 +117,3 @@ def q4_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group:
     library().gl_q4_matmul(x.data_ptr(), M, K, packed.data_ptr(), scale.data_ptr(), group, N, y.data_ptr(),
                            torch.get_num_threads())
     return y
-
-
-# The kernels as PyTorch operators, so torch.compile keeps them as opaque calls in its graphs
-# (a ctypes call would break the graph) and the fake versions tell it the output's shape.
-@torch.library.custom_op("genlab::q8_matmul", mutates_args=())
-def q8_matmul_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q8_matmul(x, qweight, scale)
-
-
-@q8_matmul_op.register_fake
-def _(x, qweight, scale):
-    return x.new_empty(x.shape[0], qweight.shape[0])
-
-
-@torch.library.custom_op("genlab::q4_matmul", mutates_args=())
-def q4_matmul_op(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group: int) -> torch.Tensor:
-    return q4_matmul(x, packed, scale, group)
-
-
-@q4_matmul_op.register_fake
-def _(x, packed, scale, group):
-    return x.new_empty(x.shape[0], packed.shape[0])
