@@ -82,11 +82,11 @@ def test_batching_scheduler_marks_like_stream(tiny_lm):
 
 def test_green_list_share_and_context():
     wm = TextWatermark(KEY)
-    masks = [wm.green_mask(ctx, 5000) for ctx in ([1, 2, 3], [3, 1, 2], [7, 8, 9])]
+    masks = [wm.green_mask(ctx, 5000) for ctx in ([1, 2, 3], [2, 1, 3], [7, 8, 9], [1, 2, 4])]
     for m in masks:
         assert 0.22 < m.mean() < 0.28  # gamma = 0.25 of the vocabulary
-    assert (masks[0] != masks[2]).any()  # the context seeds the list...
-    assert (masks[0] == masks[1]).all()  # ...through its min-hash anchor (order does not matter)
+    assert (masks[0] != masks[2]).any() and (masks[0] != masks[3]).any()  # the context seeds the list...
+    assert (masks[0] == masks[1]).all()  # ...through its min-hash anchor and the previous token
     # is_green (detection) agrees with green_mask (sampling) token by token.
     assert all(wm.is_green([1, 2, 3], t, 5000) == bool(masks[0][t]) for t in range(0, 5000, 37))
     logits = torch.zeros(5000)

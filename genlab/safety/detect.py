@@ -110,8 +110,7 @@ def detect_image(name: str, data: bytes, key: str) -> Item:
     img = read_image(name, data)
     item = Item(name, "image")
     if img.shape[0] * img.shape[1] < MIN_PIXELS:
-        item.notes.append(f"{img.shape[1]}x{img.shape[0]} pixels: too small to carry the image watermark "
-                          "(256x256 at least)")
+        item.notes.append(f"{img.shape[1]}x{img.shape[0]}: too small for the mark (256x256)")
     else:
         item.watermark = ImageWatermark(key).detect(img).to_dict()
     return item
@@ -161,7 +160,7 @@ def detect_file(path: Path, key: str, tokenizer_source: str | Path | None = None
         return Report(str(path), [item])
     if suffix in AUDIO_SUFFIXES:
         _check_wav(path.name, data)
-        item = Item(path.name, "audio", notes=["audio carries no watermark here (see docs/responsible.md)"])
+        item = Item(path.name, "audio", notes=["no audio watermark"])
         item.credentials = credentials(path.name, data, trust, _sidecar(path))
         return Report(str(path), [item])
     text = _text_of(path, data)  # any other file that is UTF-8 text is scored as text
@@ -215,7 +214,7 @@ def detect_bundle(folder: Path, key: str, tokenizer_source: str | Path | None = 
             item.credentials = credentials(name, data, trust, _sidecar(p))
             items.append(item)
         elif suffix in AUDIO_SUFFIXES:
-            item = Item(name, "audio", notes=["audio carries no watermark here (see docs/responsible.md)"])
+            item = Item(name, "audio", notes=["no audio watermark"])
             item.credentials = credentials(name, data, trust, _sidecar(p))
             items.append(item)
         else:
