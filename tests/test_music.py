@@ -183,7 +183,9 @@ def test_eval_scores_the_test_pieces(music_run, monkeypatch, capsys):
     assert st["generated"]["pieces"] == 2 and st["test"]["pieces"] == 1 and st["test"]["notes"] > 100
     assert st["test"]["in_key"] > 0.9 and st["test"]["in_range"] > 0.95  # Bach, by these measures
     assert st["generated"]["in_range"] > 0.8  # the sampler keeps voices within two semitones of range
-    assert 0 <= st["pitch_class_distance"] <= 1 and 0 <= st["rhythm_distance"] <= 1
+    for name in ("generated", "baseline"):
+        assert 0 <= st[name]["pitch_class_distance"] <= 1 and 0 <= st[name]["rhythm_distance"] <= 1
+    assert st["baseline"]["pieces"] == 2 and st["baseline"]["in_range"] > 0.9  # drawn from each voice's own notes
 
 
 def test_parallel_fifths_and_octaves_are_counted():

@@ -77,14 +77,16 @@ def _eval_music(run: Path, data: list[str] | None, as_json: bool, device: str, p
               f"{res['loss']:.4f}/token (perplexity {res['perplexity']:.2f}), {res['nll_per_note']:.4f} nats/note")
     if pieces:
         st = res["statistics"]
-        out.print(f"{'':12} {'pieces':>6} {'notes':>6} {'in key':>7} {'in range':>8} {'par. 5ths':>9} {'par. 8ves':>9}"
-                  "  (per 100 voice-leading steps)")
-        for name in ("test", "generated"):
+        out.print(f"{'':10} {'pieces':>6} {'notes':>6} {'in key':>7} {'in range':>8} {'5ths/100':>8} {'8ves/100':>8}"
+                  f" {'pc dist':>7} {'rhythm':>7}")
+        for name in ("test", "generated", "baseline"):
             r = st[name]
-            out.print(f"{name:12} {r['pieces']:>6} {r['notes']:>6} {r['in_key']:>7.1%} {r['in_range']:>8.1%} "
-                      f"{r['parallel_fifths_per_100']:>9.2f} {r['parallel_octaves_per_100']:>9.2f}")
-        out.print(f"pitch-class histogram distance {st['pitch_class_distance']:.3f}, rhythm histogram distance "
-                  f"{st['rhythm_distance']:.3f} (total variation; 0 = the same)")
+            out.print(f"{name:10} {r['pieces']:>6} {r['notes']:>6} {r['in_key']:>7.1%} {r['in_range']:>8.1%} "
+                      f"{r['parallel_fifths_per_100']:>8.2f} {r['parallel_octaves_per_100']:>8.2f} "
+                      f"{r.get('pitch_class_distance', 0):>7.3f} {r.get('rhythm_distance', 0):>7.3f}",
+                      markup=False, highlight=False)
+        out.print("(parallels per 100 voice-leading steps; distances: total variation of the pitch-class and "
+                  "duration histograms to the test pieces'; baseline: notes drawn from the training histograms)")
 
 
 def _eval_image(run: Path, data: list[str] | None, n: int, k: int, seed: int, as_json: bool, device: str) -> None:

@@ -113,16 +113,48 @@ def split_pieces(data: mdata.MusicData, split: str) -> list[mdata.Piece]:
             for i, (s, n, _, _) in enumerate(data.pieces(split))]
 
 
+def histogram_baseline(training: list[mdata.Piece], keys: list[tuple[int, str]], bars: int,
+                       seed: int = 0) -> list[mdata.Piece]:
+    """The baseline of the statistics table: each voice one note after another, its pitch drawn from
+    that voice's training pitches (moved to the piece's key by the nearest shift) and its length
+    from that voice's training lengths, independently; 4/4, ``bars`` bars, one piece per key."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    # (pitch, tonic) of every training note per voice; moved to a key by the nearest shift (-6..+5)
+    drawn = [[(n.pitch, p.key[0]) for p in training for n in p.voices[v]] for v in range(len(mdata.VOICES))]
+    lengths = [[n.duration for p in training for n in p.voices[v]] for v in range(len(mdata.VOICES))]
+    out = []
+    for i, key in enumerate(keys):
+        voices = []
+        for v in range(len(mdata.VOICES)):
+            notes, t = [], 0.0
+            while drawn[v] and t < 4 * bars:
+                d = min(float(rng.choice(lengths[v])), 4 * bars - t)
+                pitch, tonic = drawn[v][int(rng.integers(len(drawn[v])))]
+                notes.append(mdata.Note(t, d, pitch + (key[0] - tonic + 6) % 12 - 6))
+                t += d
+            voices.append(notes)
+        out.append(mdata.Piece(f"baseline{i}", voices, (4, 4), key))
+    return out
+
+
 def music_statistics(run: str | Path, pieces: int = 8, bars: int = 8, seed: int = 0, device: str = "auto",
                      log=lambda m: None) -> dict:
     """Statistics of ``pieces`` generated pieces of ``bars`` bars (each in the key of a test piece, in
-    turn) against the run's test pieces, and the histograms' distances."""
+    turn), of as many pieces of the training-histogram baseline, and of the run's test pieces, with
+    each one's histogram distances to the test pieces."""
     cfg = runs.read_config(run, family="music")
     data = mdata.prepare_music(mdata.MusicDataConfig.from_dict(cfg["data"]["config"]), log=log)
     real = split_pieces(data, "test") or split_pieces(data, "val")
+    keys = [real[i % len(real)].key for i in range(pieces)]
     gen = MusicGenerator.from_run(run, device=device)
-    made = [gen.compose(bars=bars, key=real[i % len(real)].key, seed=seed + i) for i in range(pieces)]
-    ref, ours = piece_statistics(real), piece_statistics(made)
-    return {"test": ref, "generated": ours, "bars": bars,
-            "pitch_class_distance": total_variation(ref["pitch_classes"], ours["pitch_classes"]),
-            "rhythm_distance": total_variation(ref["durations"], ours["durations"])}
+    made = [gen.compose(bars=bars, key=k, seed=seed + i) for i, k in enumerate(keys)]
+    result = {"bars": bars, "test": piece_statistics(real)}
+    for name, group in (("generated", made), ("baseline", histogram_baseline(split_pieces(data, "train"), keys,
+                                                                             bars, seed))):
+        st = piece_statistics(group)
+        st["pitch_class_distance"] = total_variation(result["test"]["pitch_classes"], st["pitch_classes"])
+        st["rhythm_distance"] = total_variation(result["test"]["durations"], st["durations"])
+        result[name] = st
+    return result
