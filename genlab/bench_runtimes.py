@@ -234,7 +234,10 @@ def _worker_main() -> None:
 
 def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_tokens: int = 64,
                    decode_tokens: int = 128, greedy_tokens: int = 256, ppl_tokens: int = 4096,
-                   only: list[str] | None = None, threads: int | None = None, log=print) -> list[Row]:
+                   only: list[str] | None = None, threads: int | None = None, log=print,
+                   prebuilt: dict[str, Path] | None = None) -> list[Row]:
+    """``prebuilt``: artifacts already made from this run, by variant (``"onnxruntime:fp32"``), which
+    are then measured as they are instead of being made again (the demo exports before it compares)."""
     from genlab.export.common import leading_agreement, validation_tokens
 
     run = Path(run)
@@ -260,7 +263,7 @@ def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_token
         key = f"{runtime}-{precision}".replace(".", "")
         try:
             log(f"{runtime} {precision}: preparing")
-            path = prepare(run, work, runtime, precision, log)
+            path = (prebuilt or {}).get(f"{runtime}:{precision}") or prepare(run, work, runtime, precision, log)
         except Skip as e:
             row.note = f"skipped: {e}"
             rows.append(row)

@@ -159,13 +159,13 @@ def _ship_demo(con: Console, text_run: Path, image_run: Path | None) -> None:
             decoder = image_run.with_name(image_run.name + "-decoder.onnx")
             export_onnx(image_run, decoder, overwrite=True, log=say)
             say(f"VAE decoder -> {decoder}")
-        only = ["pytorch", "onnxruntime"]
+        only, prebuilt = ["pytorch", "onnxruntime"], {"onnxruntime:fp32": onnx_path}
     except ExportError as e:  # onnx packages missing: the PyTorch rows still run
         say(f"skipped the ONNX exports: {e}")
-        only = ["pytorch"]
-    with tempfile.TemporaryDirectory() as work:  # the variants are rebuilt from this run's weights
+        only, prebuilt = ["pytorch"], {}
+    with tempfile.TemporaryDirectory() as work:  # the other variants are made from this run's weights
         rows = bench_runtimes(text_run, work, decode_tokens=64, greedy_tokens=64, ppl_tokens=2048, only=only,
-                              log=lambda m: None)
+                              log=lambda m: None, prebuilt=prebuilt)
     con.print(markdown_table(rows), markup=False, highlight=False, soft_wrap=True)
     con.print("every runtime here (ExecuTorch, LiteRT, llama.cpp, transformers too): "
               f"`genlab bench runtimes {text_run}`; exports: `genlab export {text_run} --format ...`")
