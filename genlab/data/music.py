@@ -362,8 +362,10 @@ def prepare_music(cfg: MusicDataConfig, log=print) -> MusicData:
         raise DataError("no usable scores (every file was skipped); give MIDI or MusicXML files with notes")
     encoded = [np.asarray(vocab.encode(p), dtype=np.uint16) for p in pieces]
 
-    # Whole pieces to test and validation (seeded by the content), the rest to training.
-    order = np.random.default_rng(int(fp_content[:8], 16)).permutation(len(pieces))
+    # Whole pieces to test and validation, the rest to training, seeded by the files' contents alone
+    # (not where they lie: a copied or moved folder splits the same way).
+    contents = hashlib.sha256(b"".join(sorted(hashlib.sha256(s.path.read_bytes()).digest() for s in sources)))
+    order = np.random.default_rng(int(contents.hexdigest()[:8], 16)).permutation(len(pieces))
     n_test = int(round(cfg.test_fraction * len(pieces)))
     n_val = max(1, int(round(cfg.val_fraction * len(pieces))))
     if len(pieces) - n_test - n_val < 1:
