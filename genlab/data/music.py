@@ -28,7 +28,7 @@ from genlab.data.prepare import Prepared, cache_root
 from genlab.errors import ConfigError, DataError
 from genlab.jsonconfig import JsonConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the split is seeded by the files' contents only
 VOICES = ("soprano", "alto", "tenor", "bass")
 # What each voice sings (MIDI numbers), a little wider than the textbook ranges, as Bach writes:
 # soprano C4-A5, alto F3-D5, tenor C3-A4, bass C2-D4 (E2 in most chorales).
