@@ -5,7 +5,6 @@ audit's arithmetic on generators whose behaviour is known, a real tiny LM run th
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from genlab.safety.memorization import (
     suffix_array,
 )
 
+from .cli_helpers import cli
 from .conftest import make_text
 from .test_studio_helpers import gan_run  # noqa: F401  (fixture)
 
@@ -30,20 +30,6 @@ ALPHABET = st.sampled_from("ab c\né")  # few letters: many repeats, the hard ca
 TEXT = st.text(ALPHABET, min_size=0, max_size=60)
 
 
-def cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """`genlab ARGS` in this process (exit code, stdout, stderr): the same entry point as the console
-    script, without starting an interpreter and importing torch for every call."""
-    from genlab.cli import main
-
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["genlab", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from genlab.errors import ConfigError
 from genlab.safety import quality as q
 from genlab.studio.pipeline import Studio, StudioRequest
 
+from .cli_helpers import cli
 from .conftest import make_text
 from .test_studio_helpers import gan_run  # noqa: F401  (fixture)
 
@@ -28,20 +28,6 @@ GOOD = ("The old lighthouse keeper walked down to the harbour every morning befo
 LOOP = "the cat sat on the mat " * 20
 GERMAN = ("Der alte Leuchtturmwärter ging jeden Morgen zum Hafen hinunter, bevor die Sonne aufging. Er sah "
           "gern den Fischerbooten zu, die nacheinander ausliefen, und kannte den Namen jedes Kapitäns. ") * 2
-
-
-def cli(args, monkeypatch, capsys):
-    from genlab.cli import main
-
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["genlab", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
