@@ -238,7 +238,7 @@ def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_token
                    prebuilt: dict[str, Path] | None = None) -> list[Row]:
     """``prebuilt``: artifacts already made from this run, by variant (``"onnxruntime:fp32"``), which
     are then measured as they are instead of being made again (the demo exports before it compares)."""
-    from genlab.export.common import leading_agreement, validation_tokens
+    from genlab.export.common import ExportError, leading_agreement, validation_tokens
 
     run = Path(run)
     cfg = runs.read_config(run, family="lm")
@@ -266,6 +266,10 @@ def bench_runtimes(run: str | Path, work: str | Path | None = None, prompt_token
             path = (prebuilt or {}).get(f"{runtime}:{precision}") or prepare(run, work, runtime, precision, log)
         except Skip as e:
             row.note = f"skipped: {e}"
+            rows.append(row)
+            continue
+        except ExportError as e:  # e.g. an int8 export beyond its parity tolerance: the table says so
+            row.note = f"failed: {str(e)[:200]}"
             rows.append(row)
             continue
         spec = dict(runtime=runtime, precision=precision, path=str(path), run=str(run), work=str(work), key=key,

@@ -78,3 +78,13 @@ def test_work_folder_is_reused_only_for_the_same_weights(trained_run, tmp_path):
     with pytest.raises(ConfigError, match="did not make"):
         _claim_work_dir(other, run)
     assert (other / "notes.txt").exists()
+
+
+def test_a_variant_whose_export_fails_its_parity_is_a_failed_row(trained_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr("genlab.export.onnx.INT8_RELATIVE_TOLERANCE", 1e-9)  # no int8 export can pass
+    rows = bench_runtimes(trained_run, tmp_path / "work", decode_tokens=4, greedy_tokens=4, ppl_tokens=64,
+                          only=["onnxruntime:int8"], log=lambda m: None)
+    assert [(r.runtime, r.precision) for r in rows] == [("pytorch", "fp32"), ("onnxruntime", "int8")]
+    assert rows[0].decode_tok_s > 0 and rows[1].note.startswith("failed: parity check failed")
+    assert "failed: parity check failed" in markdown_table(rows)
