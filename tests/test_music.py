@@ -186,6 +186,45 @@ def test_eval_scores_the_test_pieces(music_run, monkeypatch, capsys):
     for name in ("generated", "baseline"):
         assert 0 <= st[name]["pitch_class_distance"] <= 1 and 0 <= st[name]["rhythm_distance"] <= 1
     assert st["baseline"]["pieces"] == 2 and st["baseline"]["in_range"] > 0.9  # drawn from each voice's own notes
+    for name in ("generated", "baseline"):  # one test piece: too few for a cross-validated discriminator
+        d = st["discriminator"][name]
+        assert d["accuracy"] is None and d["real_groups"] == 1 and "at least 2" in d["skipped"]
+
+
+def test_discriminator_tells_the_baseline_from_bach_and_never_tests_on_a_trained_piece(chorale_dir):
+    from genlab.evaluate.music import (
+        FEATURE_GROUPS,
+        discriminate,
+        discriminator_sets,
+        excerpts,
+        group_folds,
+        histogram_baseline,
+        piece_features,
+        split_pieces,
+    )
+
+    data = mdata.prepare_music(mdata.MusicDataConfig(sources=[str(chorale_dir)], val_fraction=0.2, test_fraction=0.2),
+                               log=lambda m: None)
+    real = [p for split in ("train", "val", "test") for p in split_pieces(data, split)]
+    cut = excerpts(real[0], 2)
+    bar = real[0].time_signature[0] * 4 / real[0].time_signature[1]
+    assert len(cut) > 2 and all(0 <= n.onset < 2 * bar and n.onset + n.duration <= 2 * bar + 1e-9
+                                for ex in cut for v in ex.voices for n in v)
+    assert sum(ex.n_notes for ex in cut) <= real[0].n_notes
+    assert len(piece_features(cut[0])) == sum(n for _, n in FEATURE_GROUPS)
+
+    baseline = histogram_baseline(real, [p.key for p in real] * 8, bars=2, seed=0)
+    ex, groups, fake = discriminator_sets(real, baseline, 2)
+    assert len(ex) == len(fake) > 20 and len(set(groups)) == len(real)  # 2-bar excerpts of five chorales
+    groups += [f"made:{i}" for i in range(len(fake))]
+    res = discriminate(ex, fake, groups=groups)
+    assert res["folds"] == 5 and res["real"] == res["generated"] == len(ex)
+    assert res["accuracy"] > 0.85 and 0 <= res["stderr"] < 0.1  # independent notes are easy to spot
+    y = np.array([0] * len(ex) + [1] * len(fake))
+    for train, test in group_folds(y, groups, 5):
+        assert not {groups[i] for i in train} & {groups[i] for i in test}  # a piece lies in one fold
+        assert set(y[test]) == {0, 1}
+    assert sorted(np.concatenate([t for _, t in group_folds(y, groups, 5)])) == list(range(len(y)))
 
 
 def test_parallel_fifths_and_octaves_are_counted():

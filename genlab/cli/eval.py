@@ -39,7 +39,8 @@ def eval_cmd(
 ):
     """LM: perplexity and bits per byte on held-out text. GAN/VAE: FCD, precision/recall, conditional
     accuracy and (VAE) negative ELBO, in the features of genlab's own classifier. Music: NLL per token
-    and per note on the run's test pieces."""
+    and per note on the run's test pieces; statistics of generated pieces and a real-vs-generated
+    discriminator (beside a training-histogram baseline)."""
     from genlab.runtimes.base import read_json_config
 
     # GAN/VAE runs get the image metrics; anything else is a language model for genlab.runtimes to open.
@@ -87,6 +88,15 @@ def _eval_music(run: Path, data: list[str] | None, as_json: bool, device: str, p
                       markup=False, highlight=False)
         out.print("(parallels per 100 voice-leading steps; distances: total variation of the pitch-class and "
                   "duration histograms to the test pieces'; baseline: notes drawn from the training histograms)")
+        for name, d in st["discriminator"].items():
+            if d["accuracy"] is None:
+                out.print(f"real vs {name}: no discriminator figure ({d['skipped']})", markup=False, highlight=False)
+            else:
+                out.print(f"real vs {name}: discriminator accuracy {d['accuracy']:.1%} +- {d['stderr']:.1%} "
+                          f"({d['real']} real excerpts of {d['real_groups']} test pieces, {d['generated']} {name}; "
+                          f"{d['folds']}-fold by piece)", markup=False, highlight=False)
+        out.print("(a logistic regression on histograms and voice-leading rates of each piece, cross-validated "
+                  "so that no piece is both trained and tested on; 50% = it cannot tell them apart)")
 
 
 def _eval_image(run: Path, data: list[str] | None, n: int, k: int, seed: int, as_json: bool, device: str) -> None:
