@@ -296,6 +296,11 @@ def write_midi(piece: Piece, out: Path, overwrite: bool = False, tempo: float = 
     return Path(out)
 
 
+def midi_bytes(piece: Piece, tempo: float = DEFAULT_TEMPO) -> bytes:
+    """The bytes ``write_midi`` writes."""
+    return bytes(_score_for_playback(piece, tempo).dumps_midi())
+
+
 def musicxml_bytes(piece: Piece) -> bytes:
     """The piece as a MusicXML score (music21): four staves with their clefs, key and metre."""
     from music21 import clef, instrument, key, meter, note, stream
@@ -358,6 +363,14 @@ def render_wav(piece: Piece, out: Path, overwrite: bool = False, tempo: float = 
             why = (res.stderr.strip().splitlines() or ["no audio written"])[-1][:120]
             raise GenlabError(f"fluidsynth could not render {out.name}: {why}")
     return out
+
+
+def wav_bytes(piece: Piece, tempo: float = DEFAULT_TEMPO, sample_rate: int = 44100) -> bytes:
+    """The bytes ``render_wav`` writes (rendered in a temporary folder)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="genlab-music-") as tmp:
+        return render_wav(piece, Path(tmp) / "music.wav", tempo=tempo, sample_rate=sample_rate).read_bytes()
 
 
 def piano_roll(piece: Piece, out: Path, overwrite: bool = False) -> Path:

