@@ -29,6 +29,7 @@ OPERATIONS = [
     ("POST", "/v1/images/generations"),
     ("GET", "/v1/assets/{name}"),
     ("POST", "/v1/audio/speech"),
+    ("POST", "/v1/audio/music"),
     ("POST", "/v1/studio/jobs"),
     ("GET", "/v1/studio/jobs"),
     ("GET", "/v1/studio/jobs/{job_id}"),

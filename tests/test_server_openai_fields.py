@@ -82,7 +82,7 @@ def test_models_lists_what_is_loaded(client, trained_run, tmp_path, monkeypatch)
     monkeypatch.setattr(state, "can_speak", lambda backend="auto": False)
     svc = state.Service(ServerConfig(text_run=None, image_run=None, data_dir=tmp_path, device="cpu"))
     try:
-        assert svc.served() == {"text": None, "image": None, "speech": None}
+        assert svc.served() == {"text": None, "image": None, "speech": None, "music": None}
     finally:
         svc.close()
 

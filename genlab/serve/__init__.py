@@ -5,6 +5,7 @@
     POST /v1/completions, /v1/chat/completions (SSE streaming, dynamic batching: studio.batching)
     POST /v1/images/generations                b64_json or url (served from /v1/assets/<id>.png)
     POST /v1/audio/speech                      wav
+    POST /v1/audio/music                       wav or mid: a short chorale from the music run (--music-run)
     POST /v1/studio/jobs, GET /v1/studio/jobs, GET|DELETE /v1/studio/jobs/<id>,
     GET  /v1/studio/jobs/<id>/events (SSE), /bundle (zip), /files/<asset>
     POST /v1/conversations, GET /v1/conversations, GET|PATCH|DELETE /v1/conversations/<id>,
@@ -25,6 +26,7 @@ A request naming a model this server does not have is a 404 ``model_not_found``.
     text.py     /v1/models, /v1/completions, /v1/chat/completions
     images.py   /v1/images/generations, /v1/assets/<name>
     speech.py   /v1/audio/speech
+    music.py    /v1/audio/music
     jobs.py     /v1/studio/jobs...
     conversations.py  /v1/conversations..., /v1/chat/info (the page's chat view)
     page.py     /, /health, /static

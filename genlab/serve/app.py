@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from genlab.generate.text import LanguageModel
-from genlab.serve import conversations, images, jobs, page, speech, text  # the routers
+from genlab.serve import conversations, images, jobs, music, page, speech, text  # the routers
 from genlab.serve.config import ServerConfig
 from genlab.serve.errors import install_error_handlers
 from genlab.serve.guard import Guard
@@ -32,7 +32,8 @@ def create_app(cfg: ServerConfig, lm: LanguageModel | None = None) -> FastAPI:
     app.state.service = svc
     app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
     install_error_handlers(app)
-    for router in (page.router, text.router, images.router, speech.router, jobs.router, conversations.router):
+    for router in (page.router, text.router, images.router, speech.router, music.router, jobs.router,
+                   conversations.router):
         app.include_router(router)
     page.mount_static(app)
     return app

@@ -177,6 +177,17 @@ class SpeechBody(_Body):
     response_format: str = "wav"
 
 
+class MusicBody(_Body):
+    """``POST /v1/audio/music``: a short four-part piece from the server's music run."""
+
+    model: str | None = None
+    bars: Annotated[int, Field(ge=1, le=32)] = 8
+    key: Annotated[str, Field(max_length=40)] | None = None  # "D major", "F# minor"; None: the model's choice
+    seed: Seed = 0
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    format: Literal["mid", "wav"] = "wav"
+
+
 class JobBody(_Body):
     prompt: Annotated[str, Field(min_length=1, max_length=2000)]
     max_tokens: Annotated[int, Field(ge=1)] = 200
@@ -187,6 +198,9 @@ class JobBody(_Body):
     narrate: bool = True
     voice: str = "joe"
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
+    music: bool = True  # with the server's music run: a piece in the bundle
+    music_bars: Annotated[int, Field(ge=1, le=32)] = 8
+    music_key: Annotated[str, Field(max_length=40)] | None = None
 
 
 class ChatSettings(_Body):

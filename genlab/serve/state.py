@@ -20,10 +20,11 @@ from genlab.serve.errors import APIError
 from genlab.studio.backends import GenlabTextBackend
 from genlab.studio.batching import BatchScheduler
 from genlab.studio.history import History
+from genlab.studio.music import StudioMusic
 from genlab.studio.pipeline import Studio
 
 TTS_MODEL = "genlab-tts"
-Kind = Literal["text", "image", "speech"]
+Kind = Literal["text", "image", "speech", "music"]
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Service:
         self.images = ImageGenerator.from_run(cfg.image_run, device=cfg.device) if cfg.image_run else None
         self.text_id = Path(cfg.text_run).name if cfg.text_run else "genlab-lm"
         self.image_id = Path(cfg.image_run).name if cfg.image_run else None
+        self.music = StudioMusic.from_run(cfg.music_run, device=cfg.device) if cfg.music_run else None
         # The "espeak" voice always uses espeak-ng; the others use the configured back end.
         self.speech_id = TTS_MODEL if can_speak(cfg.speech_backend) or can_speak("espeak") else None
         self.history = History(cfg.data_dir)
@@ -52,6 +54,7 @@ class Service:
         if self.scheduler is not None:  # studio jobs share the scheduler (and its batches) with the API
             self.studio = Studio(GenlabTextBackend(self.lm, self.scheduler), self.images, cfg.image_run,
                                  cfg.semantic_labels)
+            self.studio.music = self.music
             from genlab.safety.bundle import studio_safety
 
             self.studio.safety = studio_safety(cfg.watermark_key or True)
@@ -74,7 +77,8 @@ class Service:
     def served(self) -> dict[Kind, str | None]:
         """The model id of each kind this server has loaded or can run (what /v1/models lists)."""
         return {"text": self.text_id if self.lm is not None else None,
-                "image": self.image_id if self.images is not None else None, "speech": self.speech_id}
+                "image": self.image_id if self.images is not None else None, "speech": self.speech_id,
+                "music": self.music.name if self.music is not None else None}
 
     def resolve_model(self, requested: str | None, kind: Kind) -> str:
         """The id of the ``kind`` model a request names; an omitted name means that one. Any other

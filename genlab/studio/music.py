@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,10 +74,12 @@ class Music:
 
 
 class StudioMusic:
-    """A loaded music run: ``make`` composes and renders one piece."""
+    """A loaded music run: ``make`` composes and renders one piece (one at a time: the studio's
+    worker and the API's requests share the model)."""
 
     def __init__(self, gen: MusicGenerator, run: Path) -> None:
         self.gen, self.run = gen, Path(run)
+        self._lock = threading.Lock()
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto") -> StudioMusic:
@@ -87,7 +90,8 @@ class StudioMusic:
         return self.run.name
 
     def make(self, bars: int = DEFAULT_BARS, key: tuple[int, str] | None = None, seed: int = 0,
-             prompt: str | None = None, wav: bool = True, tempo: float = DEFAULT_TEMPO) -> Music:
+             prompt: str | None = None, wav: bool = True, tempo: float = DEFAULT_TEMPO,
+             temperature: float = 1.0) -> Music:
         """A piece of ``bars`` bars in ``key`` (else one chosen from ``prompt``, else the model's
         choice), sampled with ``seed``; MIDI always, WAV when ``wav`` and FluidSynth can render it."""
         check_bars(bars)
@@ -96,7 +100,8 @@ class StudioMusic:
             key, how = key_from_prompt(prompt)
         elif key is None:
             how = {"method": "the model's choice"}
-        piece = self.gen.compose(bars=bars, key=key, seed=seed)
+        with self._lock:
+            piece = self.gen.compose(bars=bars, key=key, seed=seed, temperature=temperature)
         audio, skipped = None, None
         if wav:
             try:
@@ -110,7 +115,7 @@ class StudioMusic:
         except GenlabError:
             font = None
         record = {"bars": bars, "key": mdata.key_name(piece.key), "key_choice": how, "seed": seed,
-                  "tempo": tempo, "time_signature": f"{piece.time_signature[0]}/{piece.time_signature[1]}",
+                  "temperature": temperature, "tempo": tempo, "time_signature": f"{piece.time_signature[0]}/{piece.time_signature[1]}",
                   "notes": {v: len(n) for v, n in zip(mdata.VOICES, piece.voices, strict=True)},
                   "renderer": f"fluidsynth ({font})" if font else None, "wav_skipped": skipped}
         return Music(piece, midi_bytes(piece, tempo), audio, skipped, record)
