@@ -355,3 +355,130 @@ def test_outputs_are_never_overwritten_by_accident(music_run, tmp_path, monkeypa
     assert "already exists" in main_error(monkeypatch, capsys, "generate", "music", run, "--bars", 1, "--out", mid,
                                           "--device", "cpu")
     assert mid.read_bytes() == b"mine"
+
+
+# ---- the studio's music stage and POST /v1/audio/music -------------------------------------------------------
+
+def test_studio_bundle_with_music(trained_run, music_run, tmp_path, monkeypatch):
+    import base64
+    import hashlib
+    import json
+    import zipfile
+    from dataclasses import replace
+
+    import symusic
+
+    from genlab.safety.bundle import StudioSafety
+    from genlab.safety.provenance import Signer, init_keys, verify_asset
+    from genlab.studio.pipeline import StudioRequest, load_studio
+
+    run, _ = music_run
+    studio = load_studio(trained_run, None, device="cpu", semantic_labels=False, music_run=run, watermark=False)
+    req = StudioRequest(prompt="A winter night in the rain", max_tokens=8, seed=5, quality_retries=0, narrate=False,
+                        music_bars=2)
+    events: list[dict] = []
+    a = studio.make(req, tmp_path / "a", events.append)
+    m = a.manifest
+    names = {p.relative_to(a.folder).as_posix() for p in a.folder.rglob("*") if p.is_file()}
+    assert {"music/music.mid", "music/music.wav"} <= names and set(m["assets"]) == names - {"manifest.json"}
+    for name, rec in m["assets"].items():
+        assert hashlib.sha256((a.folder / name).read_bytes()).hexdigest() == rec["sha256"], name
+    with zipfile.ZipFile(a.zip_path) as z:
+        assert set(z.namelist()) == names and z.read("music/music.wav") == (a.folder / "music/music.wav").read_bytes()
+    roles = {rec["role"]: rec for rec in m["models"]}
+    assert roles["music"]["run"] == run.name and roles["music"]["family"] == "music"
+    assert roles["music"]["weights_sha256"] == hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+    assert len(roles["music"]["config_sha256"]) == 64
+    music = m["music"]
+    assert music == m["parameters"]["music"] and music["midi"] == "music/music.mid" and music["wav"] == "music/music.wav"
+    assert music["key"].endswith("minor") and music["key_choice"]["minor_words"] == ["night", "rain", "winter"]
+    assert music["bars"] == 2 and music["seed"] == 7 == m["seeds"]["music"] and music["wav_skipped"] is None
+    assert "music" in m["timings"] and ("music", "done") in [(e["stage"], e["status"]) for e in events
+                                                             if e["event"] == "stage"]
+    score = symusic.Score(str(a.folder / "music/music.mid"))
+    assert [t.name for t in score.tracks] == ["Soprano", "Alto", "Tenor", "Bass"]
+    page = (a.folder / "index.html").read_text()
+    assert base64.b64encode((a.folder / "music/music.wav").read_bytes()).decode() in page and "<script" not in page
+    # The same request: the same music, byte for byte; a key asked for is the key.
+    b = studio.make(req, tmp_path / "b")
+    assert all(b.manifest["assets"][n] == m["assets"][n] for n in ("music/music.mid", "music/music.wav"))
+    keyed = studio.music.make(bars=1, key=mdata.parse_key("D major"), seed=0, wav=False)
+    assert keyed.record["key"] == "D major" and keyed.record["key_choice"]["method"] == "given" and keyed.wav is None
+
+    # No FluidSynth here: the MIDI ships, the WAV is skipped and the manifest says why.
+    with monkeypatch.context() as mp:
+        mp.setattr("genlab.generate.music.shutil.which", lambda name: None)
+        c = studio.make(req, tmp_path / "c")
+    assert "music/music.mid" in c.manifest["assets"] and "music/music.wav" not in c.manifest["assets"]
+    assert c.manifest["music"]["wav"] is None and "fluidsynth" in c.manifest["music"]["wav_skipped"]
+    assert c.manifest["assets"]["music/music.mid"] == m["assets"]["music/music.mid"]
+    assert "data:audio/wav" not in (c.folder / "index.html").read_text()
+
+    # Signed bundles: the music's WAV carries C2PA credentials like the narration (MIDI: the manifest's hash).
+    init_keys(tmp_path / "keys")
+    studio.safety = StudioSafety(signer=Signer.load(tmp_path / "keys"))
+    s = studio.make(req, tmp_path / "s")
+    assert s.manifest["credentials"]["signed"] and "music/music.wav" in s.manifest["credentials"]["embedded"]
+    creds = verify_asset("music/music.wav", (s.folder / "music/music.wav").read_bytes(), trust=tmp_path / "keys/ca.pem")
+    assert creds.intact and json.loads(json.dumps(creds.record))["seeds"]["music"] == 7
+
+    # Without a music run, or with music off, the stage is skipped as before.
+    off = studio.make(replace(req, music=False), tmp_path / "off")
+    assert off.manifest["music"] is None and "music" not in off.manifest["seeds"]
+
+
+def test_music_endpoint_on_a_real_server(music_run, tmp_path):
+    import io
+    import wave
+
+    import httpx
+    import symusic
+
+    from genlab.serve import ServerConfig, ServerThread, create_app
+
+    run, _ = music_run
+    cfg = ServerConfig(text_run=None, music_run=run, data_dir=tmp_path / "data", device="cpu")
+    with ServerThread(create_app(cfg)) as srv:
+        url = srv.url + "/v1/audio/music"
+        assert run.name in [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
+        mid = httpx.post(url, json={"bars": 2, "key": "G major", "seed": 4, "format": "mid"}, timeout=120)
+        assert mid.status_code == 200 and mid.headers["content-type"] == "audio/midi"
+        assert mid.headers["x-genlab-key"] == "G major"
+        (tmp_path / "m.mid").write_bytes(mid.content)
+        score = symusic.Score(str(tmp_path / "m.mid"))
+        assert [t.name for t in score.tracks] == ["Soprano", "Alto", "Tenor", "Bass"]
+        again = httpx.post(url, json={"bars": 2, "key": "G major", "seed": 4, "format": "mid"}, timeout=120)
+        assert again.content == mid.content  # seeded
+        wav = httpx.post(url, json={"bars": 2, "seed": 4}, timeout=120)  # wav by default
+        assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+        with wave.open(io.BytesIO(wav.content)) as w:
+            assert w.getnchannels() == 2 and w.getframerate() == 44100 and w.getnframes() > 44100
+        for body, param, says in (({"bars": 0}, "bars", "greater than or equal to 1"),
+                                  ({"bars": 33}, "bars", "less than or equal to 32"),
+                                  ({"key": "H major"}, "key", "not a note name"),
+                                  ({"format": "mp3"}, "format", "'mid' or 'wav'"),
+                                  ({"seed": "x"}, "seed", "integer")):
+            r = httpx.post(url, json=body, timeout=60)
+            err = r.json()["error"]
+            assert r.status_code == 400 and err["param"] == param and says in err["message"], (body, err)
+        r = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+        r = httpx.post(url, json={"model": "nope"}, timeout=60)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    with ServerThread(create_app(ServerConfig(text_run=None, data_dir=tmp_path / "d2", device="cpu"))) as srv:
+        r = httpx.post(srv.url + "/v1/audio/music", json={}, timeout=60)
+        err = r.json()["error"]
+        assert r.status_code == 404 and "no music model" in err["message"] and "--music-run" in err["message"]
+
+
+def test_music_request_bad_inputs(monkeypatch, capsys):
+    from genlab.errors import ConfigError
+    from genlab.studio.pipeline import StudioRequest
+
+    with pytest.raises(ConfigError, match="between 1 and 32"):
+        StudioRequest(prompt="x", music_bars=0).validate()
+    with pytest.raises(ConfigError, match="^music key 'H major'"):
+        StudioRequest(prompt="x", music_key="H major").validate()
+    monkeypatch.setenv("COLUMNS", "400")
+    assert "music bars must be between 1 and 32" in main_error(monkeypatch, capsys, "studio", "make", "x",
+                                                               "--music-bars", 40)
