@@ -3,8 +3,8 @@
 One module per verb area; each holds its commands (and sub-apps) and this file registers them, in the
 order `genlab --help` lists them:
 
-    train.py     train lm | gan | vae | music
-    generate.py  generate text | image | music, animate, reconstruct
+    train.py     train lm | gan | vae | upscale | music
+    generate.py  generate text | image | music, animate, reconstruct, upscale
     music.py     train music, generate music, harmonize (registered by train.py, generate.py and here)
     chat.py      chat (interactive, or --message once)
     finetune.py  finetune (LoRA adapters or full), finetune --merge
@@ -39,7 +39,7 @@ from genlab.cli.demo import demo_cmd
 from genlab.cli.eval import audit_app, augment_cmd, classifier_app, eval_cmd
 from genlab.cli.export import export_cmd, import_app
 from genlab.cli.finetune import finetune_cmd
-from genlab.cli.generate import animate_cmd, reconstruct_cmd
+from genlab.cli.generate import animate_cmd, reconstruct_cmd, upscale_cmd
 from genlab.cli.music import harmonize_cmd
 from genlab.cli.safety import detect_cmd, keys_app
 from genlab.cli.serve import serve_cmd, speak_cmd, studio_app
@@ -51,7 +51,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="genlab: train, size, shrink, ship and serve generative models.")
 
 for name, command in [
-    ("animate", animate_cmd), ("reconstruct", reconstruct_cmd),
+    ("animate", animate_cmd), ("reconstruct", reconstruct_cmd), ("upscale", upscale_cmd),
     ("eval", eval_cmd), ("augment", augment_cmd), ("check", check_cmd),
     ("speak", speak_cmd), ("demo", demo_cmd), ("size", size_cmd),
     ("quantize", quantize_cmd), ("distill", distill_cmd), ("finetune", finetune_cmd),

@@ -31,7 +31,8 @@ def eval_cmd(
     max_tokens: Annotated[int, typer.Option(help="Score at most this many tokens.")] = None,
     as_json: JsonOpt = False,
     device: str = "auto",
-    n: Annotated[int, typer.Option(help="GAN/VAE: generated images for FCD and precision/recall.")] = 10_000,
+    n: Annotated[int, typer.Option(help="GAN/VAE: generated images for FCD and precision/recall; upscale: "
+                                        "held-out images scored (default: all).")] = 10_000,
     k: Annotated[int, typer.Option(help="GAN/VAE: neighbours for the precision/recall manifolds.")] = 3,
     seed: Annotated[int, typer.Option(help="GAN/VAE: sampling seed.")] = 0,
     pieces: Annotated[int, typer.Option(help="Music: pieces to generate for the statistics (0: likelihood only).")] = 8,
@@ -40,7 +41,8 @@ def eval_cmd(
     """LM: perplexity and bits per byte on held-out text. GAN/VAE: FCD, precision/recall, conditional
     accuracy and (VAE) negative ELBO, in the features of genlab's own classifier. Music: NLL per token
     and per note on the run's test pieces; statistics of generated pieces and a real-vs-generated
-    discriminator (beside a training-histogram baseline)."""
+    discriminator (beside a training-histogram baseline). Upscale: PSNR/SSIM of the model and of bicubic
+    on the held-out split of its data set."""
     from genlab.runtimes.base import read_json_config
 
     # GAN/VAE runs get the image metrics; anything else is a language model for genlab.runtimes to open.
@@ -49,6 +51,9 @@ def eval_cmd(
         return
     if (read_json_config(run) or {}).get("family") == "music":
         _eval_music(run, data, as_json, device, pieces, bars, seed)
+        return
+    if (read_json_config(run) or {}).get("family") == "upscale":
+        _eval_upscale(run, data, n if n != 10_000 else None, as_json, device)
         return
     from genlab.evaluate.perplexity import evaluate_lm
 
@@ -97,6 +102,18 @@ def _eval_music(run: Path, data: list[str] | None, as_json: bool, device: str, p
                           f"{d['folds']}-fold by piece)", markup=False, highlight=False)
         out.print("(a logistic regression on histograms and voice-leading rates of each piece, cross-validated "
                   "so that no piece is both trained and tested on; 50% = it cannot tell them apart)")
+
+
+def _eval_upscale(run: Path, data: list[str] | None, n: int | None, as_json: bool, device: str) -> None:
+    from genlab.evaluate.upscale import evaluate_upscale_run, format_report
+
+    if data:
+        raise GenlabError("--data is for LM runs; an upscale run is scored on the held-out split of its own data set")
+    res = evaluate_upscale_run(run, n=n, device=device)
+    if as_json:
+        out.print_json(json.dumps(res))
+    else:
+        out.print(format_report(res), markup=False, highlight=False, soft_wrap=True)
 
 
 def _eval_image(run: Path, data: list[str] | None, n: int, k: int, seed: int, as_json: bool, device: str) -> None:

@@ -1,4 +1,4 @@
-"""`genlab generate text|image|music`, `genlab animate`, `genlab reconstruct`."""
+"""`genlab generate text|image|music`, `genlab animate`, `genlab reconstruct`, `genlab upscale`."""
 
 from __future__ import annotations
 
@@ -111,13 +111,21 @@ def animate_cmd(
     images: Annotated[list[Path], typer.Option("--images", help="VAE: walk between two real images (give twice).")] = None,
     seed: int = 0,
     loop: Annotated[bool, typer.Option("--loop/--no-loop", help="Return to the start (seamless looping).")] = True,
-    scale: ScaleOpt = 4,
+    scale: Annotated[int, typer.Option(help="Enlarge the frames by this factor (nearest neighbour, or --upscale).")] = 4,
+    upscale: Annotated[Path, typer.Option("--upscale", help="Enlarge with this upscale run instead (applied as often "
+                                          "as its scale fits into --scale, bicubic for the rest).")] = None,
     device: DeviceOpt = "auto",
 ):
     """A smooth latent-space walk (spherical interpolation) as an animated GIF or MP4."""
     from genlab.generate import images as imgen
 
     _check_scale(scale)
+    enlarge = None
+    if upscale is not None:
+        from genlab.generate.upscale import ImageUpscaler
+
+        upscaler = ImageUpscaler.from_run(upscale, device=device)
+        enlarge = lambda frame: upscaler.enlarge(frame, scale)  # noqa: E731
     gen = imgen.ImageGenerator.from_run(run, device=device)
     if images:
         imgs, labels = imgen.load_images(images, gen, label)
@@ -125,7 +133,7 @@ def animate_cmd(
     else:
         wanted = comma_list(classes) if classes is not None else None
         seq = imgen.walk_frames(gen, n, keyframes, frames, label, wanted, seed, loop)
-    out.print(f"{len(seq)} frames -> {imgen.write_animation(seq, out_path, fps, scale)}")
+    out.print(f"{len(seq)} frames -> {imgen.write_animation(seq, out_path, fps, scale, enlarge=enlarge)}")
 
 
 def reconstruct_cmd(
@@ -158,3 +166,42 @@ def reconstruct_cmd(
         return
     grid, per_row = reconstruction_grid(imgs, gen.reconstruct(imgs, labels))
     out.print(f"{len(imgs)} reconstructions -> {save_grid(grid, out_path, per_row, scale)}")
+
+
+def upscale_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory of a trained upscaler (genlab train upscale).")],
+    input_path: Annotated[Path, typer.Argument(metavar="IN", help="A .png, .jpg, .gif or .mp4 file.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write: the same kind of file as IN.")],
+    scale: Annotated[int, typer.Option(help="Enlargement: the run's scale (default) or a power of it (the run "
+                                            "applied repeatedly).")] = None,
+    device: DeviceOpt = "auto",
+):
+    """Enlarge a picture, GIF or MP4 with a super-resolution run, frame by frame (GIF frame durations and
+    loop, MP4 frame rate and audio kept). A grayscale run enlarges a colour picture's luma (chroma by
+    bicubic)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from genlab.generate.upscale import ImageUpscaler, kind_of, upscale_file
+
+    kind_of(input_path, "input")  # a wrong extension fails before the model is loaded
+    kind_of(out_path, "--out")
+    up = ImageUpscaler.from_run(run, device=device)
+    if scale is not None:
+        if scale < 2 or up.plan(scale)[1]:
+            raise GenlabError(f"run '{run}' was trained to enlarge {up.scale}x; --scale {scale} is not "
+                              f"{up.scale} or a power of it ({up.scale ** 2}, {up.scale ** 3}, ...); leave --scale out, or "
+                              f"train a run for that factor (genlab train upscale --scale 2|4)")
+    with Progress(TextColumn("[bold blue]upscale"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("frames", total=None)
+        res = upscale_file(up, input_path, out_path, scale,
+                           progress=lambda done, total: bar.update(task, completed=done, total=total))
+    timing = ""
+    if res.kind == "mp4":
+        timing = f", {res.timing['fps']:g} fps{' (audio copied)' if res.timing['audio'] else ''}"
+    elif res.kind == "gif":
+        d = res.timing["durations_ms"]
+        timing = f", {min(d)}-{max(d)} ms per frame" if min(d) != max(d) else f", {d[0]} ms per frame"
+    out.print(f"{res.frames} frame(s) {res.in_size[0]}x{res.in_size[1]} -> {res.out_size[0]}x{res.out_size[1]}"
+              f"{timing} in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> {res.output}",
+              highlight=False)

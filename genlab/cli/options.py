@@ -102,6 +102,10 @@ def train_config_from(args: Mapping[str, Any], preset: str, family: str = "lm") 
         from genlab.config import train_config
 
         return train_config(preset, **settings)
+    if family == "upscale":
+        from genlab.train.upscale import upscale_train_config
+
+        return upscale_train_config(preset, **settings)
     from genlab.train.image import image_train_config
 
     return image_train_config(family, preset, **settings)

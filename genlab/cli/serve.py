@@ -14,6 +14,8 @@ from genlab.errors import GenlabError
 studio_app = typer.Typer(no_args_is_help=True, help="The content studio: prompt -> article, illustration, narration.")
 
 SpeechBackendOpt = Annotated[str, typer.Option(help="auto, piper or espeak.")]
+UpscaleRunOpt = Annotated[Path, typer.Option(help="Upscale run (genlab train upscale) that enlarges the illustration "
+                                                  "instead of nearest-neighbour.")]
 MusicRunOpt = Annotated[Path, typer.Option(help="Music run (genlab train music) for the bundle's music stage and "
                                                 "POST /v1/audio/music (default: none, no music).")]
 
@@ -24,6 +26,7 @@ def serve_cmd(
                                                 "runs/demo).")] = None,
     image_run: Annotated[Path, typer.Option(help="GAN or VAE run for /v1/images and illustrations (default: runs/demo-images if present).")] = None,
     music_run: MusicRunOpt = None,
+    upscale_run: UpscaleRunOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the server private to this machine.")] = "127.0.0.1",
     port: int = 8000,
     api_key: Annotated[str, typer.Option(envvar="GENLAB_API_KEY", help="Require 'Authorization: Bearer KEY' (also GENLAB_API_KEY).")] = None,
@@ -55,7 +58,7 @@ def serve_cmd(
                        port=port,
                        api_key=api_key or None, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
                        max_body_bytes=max_body_bytes, device=device, fast=fast, speech_backend=speech_backend,
-                       watermark_key=watermark),
+                       watermark_key=watermark, upscale_run=upscale_run),
           log=err.print)
 
 
@@ -68,6 +71,7 @@ def studio_make_cmd(
     api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="API key for an OpenAI-compatible server.")] = None,
     image_run: Annotated[Path, typer.Option(help="GAN or VAE run for the illustration (default: runs/demo-images if present).")] = None,
     music_run: MusicRunOpt = None,
+    upscale_run: UpscaleRunOpt = None,
     music_bars: Annotated[int, typer.Option(help="Bars of the bundle's music (with --music-run).")] = 8,
     music_key: Annotated[str, typer.Option(help="Key of the music, e.g. 'D major' (default: chosen from the prompt).")] = None,
     max_tokens: int = 200,
@@ -105,7 +109,7 @@ def studio_make_cmd(
     req.validate()
     studio = load_studio(text_run, image_run, text_model=text_model, api_key=api_key, device=device,
                          semantic_labels=semantic, watermark=False if no_watermark else (watermark or True),
-                         music_run=music_run)
+                         music_run=music_run, upscale_run=upscale_run)
 
     def progress(ev: dict) -> None:
         if ev["event"] == "stage":

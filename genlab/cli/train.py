@@ -1,4 +1,4 @@
-"""`genlab train lm|gan|vae|music`."""
+"""`genlab train lm|gan|vae|upscale|music`."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ from genlab.cli.options import (
     train_config_from,
 )
 
-app = typer.Typer(no_args_is_help=True, help="Train a model: lm, gan, vae or music.")
+app = typer.Typer(no_args_is_help=True, help="Train a model: lm, gan, vae, upscale or music.")
 
 ImgPresetOpt = Annotated[str, typer.Option(help="Model preset: tiny or small.")]
 ImgCondOpt = Annotated[bool, typer.Option("--conditional/--unconditional", help="Condition on the class label.")]
@@ -184,6 +184,47 @@ def _train_image(family: str, args: dict[str, Any]) -> None:
         val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
         err.print(f"[green]done[/]: step {result.step}, {result.throughput:,.0f} img/s"
                   f"{', val ' + val if val else ''} -> {run} (sample grids in {run / 'samples'})")
+
+
+@app.command("upscale")
+def train_upscale_cmd(
+    data: ImgDataOpt = "fashion-mnist", out_dir: RunOutOpt = None, preset: ImgPresetOpt = "tiny",
+    scale: Annotated[int, typer.Option(help="Enlargement the model learns: 2 or 4 (default 2; a resumed run keeps its own).")] = None,
+    image_size: Annotated[int, typer.Option(help="Square side the data set's images are brought to (default: 28 for "
+                                                 "fashion-mnist, else 64).")] = None,
+    rgb: ImgRgbOpt = False, test_fraction: ImgTestFracOpt = 0.1,
+    patch: Annotated[int, typer.Option(help="High-res training patch side (a multiple of --scale; default: 7/8 of "
+                                            "the image side, at most 48).")] = None,
+    steps: StepsOpt = None, minutes: MinutesOpt = None, batch_size: ImgBatchOpt = None,
+    grad_accum: GradAccumOpt = None, lr: ImgLrOpt = None, betas: BetasOpt = None, warmup: WarmupOpt = None,
+    min_lr_ratio: MinLrRatioOpt = None, weight_decay: WeightDecayOpt = None, grad_clip: GradClipOpt = None,
+    eval_every: EvalEveryOpt = None, eval_batches: EvalBatchesOpt = None, checkpoint_every: CheckpointEveryOpt = None,
+    sample_every: SampleEveryOpt = None, log_every: LogEveryOpt = None, seed: SeedOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", compile: CompileOpt = False,
+    width: Annotated[int, typer.Option(help="Feature channels of the network.")] = None,
+    blocks: Annotated[int, typer.Option(help="Residual blocks.")] = None,
+    resume: ResumeOpt = False, overwrite: OverwriteRunOpt = False, quiet: QuietOpt = False,
+):
+    """Train a super-resolution model (residual conv blocks + PixelShuffle on top of bicubic) on
+    high-res patches of a data set and their bicubic-shrunk partners."""
+    args = locals()
+    from genlab.data.images import ImageDataConfig
+    from genlab.train.upscale import UpscaleTrainSpec, bicubic_gain, check_preset, train_upscale
+
+    check_preset(preset)
+    run = out_dir or Path("runs") / f"upscale-{preset}"
+    dcfg = ImageDataConfig(source=data, image_size=image_size or (28 if data == "fashion-mnist" else 64),
+                           channels=3 if rgb else 1, test_fraction=test_fraction)
+    result = train_upscale(UpscaleTrainSpec(
+        run=run, data=dcfg, scale=scale, preset=preset, patch=patch,
+        model_overrides=model_overrides(args, ("width", "blocks")),
+        train=train_config_from(args, preset, "upscale"), resume=resume, overwrite=overwrite, quiet=quiet))
+    if not quiet:
+        val = result.val
+        scores = (f", held-out PSNR {val['psnr']:.2f} dB (bicubic {val['psnr_bicubic']:.2f}), SSIM {val['ssim']:.4f} "
+                  f"(bicubic {val['ssim_bicubic']:.4f}): {bicubic_gain(val)}") if "psnr" in val else ""
+        err.print(f"[green]done[/]: step {result.step}, {result.throughput:,.0f} img/s{scores} -> {run} "
+                  f"(sample grids in {run / 'samples'})", highlight=False)
 
 
 app.command("music")(train_music_cmd)  # genlab/cli/music.py

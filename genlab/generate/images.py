@@ -282,8 +282,10 @@ def interpolation_frames(gen: ImageGenerator, images: np.ndarray, labels: list[i
     return [img.transpose(1, 2, 0) for img in seq]
 
 
-def write_animation(frames: list[np.ndarray], path: str | Path, fps: float = 12.0, scale: int = 1) -> Path:
-    """Frames as an animated GIF (looping) or an H.264 MP4, chosen by the file suffix; written atomically."""
+def write_animation(frames: list[np.ndarray], path: str | Path, fps: float = 12.0, scale: int = 1,
+                    enlarge: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
+    """Frames as an animated GIF (looping) or an H.264 MP4, chosen by the file suffix; written atomically.
+    ``enlarge``: how each frame is enlarged (an upscale run's ``enlarge``), instead of nearest-neighbour ``scale``."""
     import imageio.v2 as iio2
     import imageio.v3 as iio
 
@@ -293,7 +295,8 @@ def write_animation(frames: list[np.ndarray], path: str | Path, fps: float = 12.
         raise ConfigError(f"--out must end in .gif or .mp4 (got '{path.name}')")
     if fps <= 0:
         raise ConfigError(f"--fps must be positive (got {fps})")
-    rgb = [np.repeat(f, 3, axis=2) if f.shape[2] == 1 else f for f in (upscale(f, scale) for f in frames)]
+    big = (enlarge(f) for f in frames) if enlarge is not None else (upscale(f, scale) for f in frames)
+    rgb = [np.repeat(f, 3, axis=2) if f.shape[2] == 1 else f for f in big]
     if suffix == ".gif":
         buf = io.BytesIO()
         # Note: Pillow folds identical consecutive frames into one longer frame.

@@ -36,7 +36,7 @@ from PIL import Image, ImageSequence
 from genlab import runs
 from genlab.device import pick_device
 from genlab.errors import ConfigError, DataError, RunError
-from genlab.models.upscale import Upscaler, UpscaleConfig
+from genlab.models.upscale import UpscaleConfig, Upscaler
 
 FAMILY = "upscale"
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -11,6 +11,7 @@ class ServerConfig:
     text_run: Path | None = Path("runs/demo")
     image_run: Path | None = None
     music_run: Path | None = None  # a music run: POST /v1/audio/music and the studio's music stage
+    upscale_run: Path | None = None  # a super-resolution run that enlarges the studio's illustrations
     data_dir: Path = Path("runs/studio")
     host: str = "127.0.0.1"
     port: int = 8000

@@ -55,6 +55,10 @@ class Service:
             self.studio = Studio(GenlabTextBackend(self.lm, self.scheduler), self.images, cfg.image_run,
                                  cfg.semantic_labels)
             self.studio.music = self.music
+            if cfg.upscale_run:
+                from genlab.generate.upscale import ImageUpscaler
+
+                self.studio.upscaler = ImageUpscaler.from_run(cfg.upscale_run, device=cfg.device)
             from genlab.safety.bundle import studio_safety
 
             self.studio.safety = studio_safety(cfg.watermark_key or True)

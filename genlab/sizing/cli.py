@@ -73,7 +73,7 @@ def size_command(models: list[str], opts: SizeOptions, *, list_models: bool = Fa
     images = [a.name for a in archs if not isinstance(a, Architecture)]
     if images and (measure or plot is not None):
         raise GenlabError(f"--measure and --plot size Transformer LMs only; {', '.join(images)} "
-                          "is a GAN/VAE (leave the option out)")
+                          "is a GAN/VAE or upscale model (leave the option out)")
     machine = measure_machine() if (probe or measure) else None
     devices = [*CATALOG, machine] if machine else list(CATALOG)
     train_device = lookup(opts.hardware, machine)

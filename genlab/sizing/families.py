@@ -4,7 +4,8 @@ turns what the user typed into an architecture object through them.
 A family declares everything sizing needs from it in its record: how to read its runs' config.json,
 its presets, its analysis, and its report sections and comparison rows. genlab.sizing.report and
 :func:`resolve` look families up here instead of testing types, so the family modules below (arch,
-counts, memory, compute and lm for the Transformer; image for the GAN and VAE) never import each
+counts, memory, compute and lm for the Transformer; image for the GAN and VAE; upscale for
+super-resolution) never import each
 other or the report.
 """
 
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from genlab.errors import ConfigError, GenlabError
-from genlab.sizing import arch, catalog, image, lm
+from genlab.sizing import arch, catalog, image, lm, upscale
 from genlab.sizing.arch import Architecture
 from genlab.sizing.common import CompareRow, Section, SizeOptions
 from genlab.sizing.hardware import Device
 from genlab.sizing.image import ImageArch
+from genlab.sizing.upscale import UpscaleArch
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ register_family(Family("lm", ("lm", *arch.SUPPORTED_HF), arch.read_run, arch.pre
 for _name in image.IMAGE_FAMILIES:
     register_family(Family(_name, (_name,), image.run_reader(_name), partial(image.preset_names, _name),
                            image.from_preset, image.analyse_image, image.sections, image.compare_rows))
+register_family(Family(upscale.FAMILY, (upscale.FAMILY,), upscale.read_run, upscale.preset_names, upscale.from_preset,
+                       upscale.analyse, upscale.sections, upscale.compare_rows))
 
 
 def family_of(model_type: str) -> Family:
@@ -75,7 +79,7 @@ def _load_json(path: Path) -> dict:
     return data
 
 
-def from_path(path: Path) -> Architecture | ImageArch:
+def from_path(path: Path) -> Architecture | ImageArch | UpscaleArch:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"'{path}' holds no config.json; give a genlab run, an HF model folder or a config.json")
@@ -92,7 +96,7 @@ def from_path(path: Path) -> Architecture | ImageArch:
     raise ConfigError(f"{file} has neither 'family' (a genlab run) nor 'model_type' (an HF config)")
 
 
-def resolve(spec: str) -> Architecture | ImageArch:
+def resolve(spec: str) -> Architecture | ImageArch | UpscaleArch:
     """A path, a catalogue name or a preset of a family (in registry order), in that order:
     an :class:`~genlab.sizing.arch.Architecture` or a family's own description (the GAN's ImageArch)."""
     path = Path(spec).expanduser()

@@ -46,9 +46,9 @@ import genlab
 from genlab import runs
 from genlab.errors import ConfigError, DataError
 from genlab.generate.images import ImageGenerator, png_bytes, slug, upscale
-from genlab.generate.upscale import ImageUpscaler
 from genlab.generate.speech import SpeechOptions, synthesize
 from genlab.generate.text import SamplingOptions
+from genlab.generate.upscale import ImageUpscaler
 from genlab.safety import quality as qgate
 from genlab.safety.bundle import StudioSafety
 from genlab.studio.backends import GenlabTextBackend, TextBackend, run_record
