@@ -128,7 +128,7 @@ class ImageUpscaler:
             y = self._planes(colour)
             if c == 4:
                 y = torch.cat([y, self._bicubic(x[:, 3:])], 1)
-            outs.append(y.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            outs.append(y.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
         return np.concatenate(outs)
 
     # ---- any factor ----
