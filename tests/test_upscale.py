@@ -16,7 +16,7 @@ from genlab import runs
 from genlab.data.images import ImageDataConfig, load_image_data
 from genlab.errors import ConfigError
 from genlab.generate.upscale import ImageUpscaler
-from genlab.models.upscale import Upscaler, UpscaleConfig
+from genlab.models.upscale import UpscaleConfig, Upscaler
 from genlab.train.upscale import UpscaleTrainSpec, score_pairs, train_upscale, upscale_train_config
 
 from .cli_helpers import cli
