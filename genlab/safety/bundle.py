@@ -1,5 +1,6 @@
 """What the studio does to every bundle it makes: watermark the article and the pictures, sign
-the pictures and the narration with C2PA content credentials, and say so in the manifest.
+the pictures, the narration and the music's WAV with C2PA content credentials (every PNG and WAV of
+the bundle), and say so in the manifest.
 
 On by default in the studio: without a key named, the local watermark key (genlab.safety.keys,
 created on first use); without signing keys (``genlab keys init``) the manifest says the bundle is
@@ -20,7 +21,7 @@ from genlab.safety.watermark_image import MIN_PIXELS, ImageWatermark, min_scale
 from genlab.safety.watermark_text import TextWatermark, check_key
 
 AUDIO_NOTE = ("not watermarked: no keyed offline audio watermark is used yet (see docs/responsible.md); "
-              "the narration carries C2PA credentials only")
+              "the narration and the music (WAV) carry C2PA credentials only")
 
 
 @dataclass
