@@ -54,8 +54,8 @@ def export(run: str | Path, fmt: str | None, out: str | Path | None = None, opts
     if family not in target.families:
         other = ", ".join(e.name for e in exporters().values() if family in e.families)
         takes = "language models" if target.families == ("lm",) else f"{'/'.join(target.families)} runs"
-        raise ExportError(f"{target.name} export is for {takes}; '{run}' holds a {family} model "
-                          f"(export it with --format {other})")
+        where = f"export it with --format {other}" if other else f"no export format takes {family} runs yet"
+        raise ExportError(f"{target.name} export is for {takes}; '{run}' holds a {family} model ({where})")
     out = Path(out) if out is not None else run.with_name(target.default_name(run, opts))
     return target.export(run, out, opts, overwrite, log)
 

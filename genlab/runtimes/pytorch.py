@@ -45,7 +45,9 @@ def open_artifact(path: Path, device: str = "auto", fast: bool = True) -> Opened
     reference that the fast path is checked against (same tokens; logits within float rounding)."""
     cfg = runs.read_config(path)
     if cfg["family"] != "lm":
-        hint = f"`genlab generate music {path}`" if cfg["family"] == "music" else f"images: `genlab generate image {path}`"
+        hint = {"music": f"`genlab generate music {path}`",
+                "upscale": f"a super-resolution run: `genlab upscale {path} IN --out OUT`"}.get(
+                    cfg["family"], f"images: `genlab generate image {path}`")
         raise RunError(f"run '{path}' holds a {cfg['family']} model, not a lm model ({hint})")
     quant = cfg.get("quantization")
     if quant and quant.get("method") == "dynamic-int8" and device == "auto":
