@@ -135,6 +135,22 @@ def test_upscale_png_gif_mp4_keep_frames_and_timing(upscale_run, tmp_path, monke
     assert meta["fps"] == 15 and tuple(meta["size"]) == (48, 40) and reader.count_frames() == 5
     reader.close()
 
+    # An audio track is copied as it is.
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=32x24:rate=10:duration=0.5", "-f", "lavfi", "-i", "sine=frequency=440:duration=0.5",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(tmp_path / "av.mp4")],
+                   check=True)
+    code, out, err = cli(["upscale", str(upscale_run), str(tmp_path / "av.mp4"), "--out", str(tmp_path / "av2.mp4"),
+                          "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0 and "audio copied" in out, err
+    reader = iio2.get_reader(tmp_path / "av2.mp4", format="FFMPEG")
+    assert reader.get_meta_data().get("audio_codec") == "aac" and tuple(reader.get_meta_data()["size"]) == (64, 48)
+    reader.close()
+
     # A colour picture through a grayscale run: luma by the model, chroma by bicubic; colour kept.
     code, out, err = cli(["upscale", str(upscale_run), str(tmp_path / "c.jpg"), "--out", str(tmp_path / "d.png"),
                           "--device", "cpu"], monkeypatch, capsys)

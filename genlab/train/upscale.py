@@ -138,25 +138,31 @@ def crop_to_scale(images: np.ndarray, scale: int) -> np.ndarray:
 @torch.no_grad()
 def score_pairs(model: Upscaler, images: np.ndarray, batch_size: int = 256) -> dict[str, float]:
     """PSNR/SSIM of the model and of bicubic on uint8 (N, C, H, W) high-res images, each shrunk by the
-    model's scale first; means over the images (whole images, no border shaved), plus the L1 loss."""
+    model's scale first; means over the images (whole images, no border shaved), plus the L1 loss.
+    Always fp32 (autocast off, also inside the trainer's evaluation), so training rows and `genlab eval`
+    agree on every device."""
     scale = model.cfg.scale
     images = crop_to_scale(images, scale)
     dev = next(model.parameters()).device
     sums = {"loss": 0.0, "psnr": 0.0, "psnr_bicubic": 0.0, "ssim": 0.0, "ssim_bicubic": 0.0}
-    for i in range(0, len(images), batch_size):
-        hr = to_unit(images[i: i + batch_size]).to(dev)
-        lr = downscale(hr, scale)
-        out = model(lr).float()
-        sums["loss"] += F.l1_loss(out, hr, reduction="none").flatten(1).mean(1).sum().item()
-        sr, bic = out.clamp(0, 1), model.bicubic(lr).float().clamp(0, 1)
-        # Both compared as the 8-bit pictures a user would get.
-        sr, bic = sr.mul(255).round().div(255), bic.mul(255).round().div(255)
-        sums["psnr"] += psnr(sr, hr).sum().item()
-        sums["psnr_bicubic"] += psnr(bic, hr).sum().item()
-        sums["ssim"] += ssim(sr, hr).sum().item()
-        sums["ssim_bicubic"] += ssim(bic, hr).sum().item()
+    with torch.autocast(dev.type, enabled=False):
+        for i in range(0, len(images), batch_size):
+            _score_batch(model, to_unit(images[i: i + batch_size]).to(dev), sums)
     n = max(len(images), 1)
     return {k: v / n for k, v in sums.items()}
+
+
+def _score_batch(model: Upscaler, hr: torch.Tensor, sums: dict[str, float]) -> None:
+    lr = downscale(hr, model.cfg.scale)
+    out = model(lr).float()
+    sums["loss"] += F.l1_loss(out, hr, reduction="none").flatten(1).mean(1).sum().item()
+    sr, bic = out.clamp(0, 1), model.bicubic(lr).float().clamp(0, 1)
+    # Both compared as the 8-bit pictures a user would get.
+    sr, bic = sr.mul(255).round().div(255), bic.mul(255).round().div(255)
+    sums["psnr"] += psnr(sr, hr).sum().item()
+    sums["psnr_bicubic"] += psnr(bic, hr).sum().item()
+    sums["ssim"] += ssim(sr, hr).sum().item()
+    sums["ssim_bicubic"] += ssim(bic, hr).sum().item()
 
 
 # ---- the task ---------------------------------------------------------------------------------------
