@@ -218,7 +218,8 @@ def test_discriminator_tells_the_baseline_from_bach_and_never_tests_on_a_trained
     assert len(ex) == len(fake) > 20 and len(set(groups)) == len(real)  # 2-bar excerpts of five chorales
     groups += [f"made:{i}" for i in range(len(fake))]
     res = discriminate(ex, fake, groups=groups)
-    assert res["folds"] == 5 and res["real"] == res["generated"] == len(ex)
+    assert res["folds"] == 5 and res["repeats"] == 5 and res["real"] == res["generated"] == len(ex)
+    assert res["accuracy_range"][0] <= res["accuracy"] <= res["accuracy_range"][1]
     assert res["accuracy"] > 0.85 and 0 <= res["stderr"] < 0.1  # independent notes are easy to spot
     y = np.array([0] * len(ex) + [1] * len(fake))
     for train, test in group_folds(y, groups, 5):

@@ -99,7 +99,8 @@ def _eval_music(run: Path, data: list[str] | None, as_json: bool, device: str, p
             else:
                 out.print(f"real vs {name}: discriminator accuracy {d['accuracy']:.1%} +- {d['stderr']:.1%} "
                           f"({d['real']} real excerpts of {d['real_groups']} test pieces, {d['generated']} {name}; "
-                          f"{d['folds']}-fold by piece)", markup=False, highlight=False)
+                          f"{d['folds']}-fold by piece, mean of {d['repeats']} fold assignments)", markup=False,
+                          highlight=False)
         out.print("(a logistic regression on histograms and voice-leading rates of each piece, cross-validated "
                   "so that no piece is both trained and tested on; 50% = it cannot tell them apart)")
 

@@ -314,12 +314,14 @@ def group_folds(y: np.ndarray, groups: list[str], k: int, seed: int = 0) -> list
 
 
 def discriminate(real: list[mdata.Piece], made: list[mdata.Piece], folds: int = 5, seed: int = 0,
-                 groups: list[str] | None = None) -> dict:
+                 groups: list[str] | None = None, repeats: int = 5) -> dict:
     """How well a classifier tells ``real`` pieces from ``made`` ones: logistic regression on
     ``piece_features`` (standardized on each training fold), k-fold cross-validated by group
     (``groups[i]`` names the piece item i comes from; default: every item its own). Every item is
-    predicted once, by a classifier that never saw its group. Accuracy 0.5: indistinguishable to it;
-    ``stderr`` is the binomial standard error over the items."""
+    predicted once per repeat, by a classifier that never saw its group; the accuracy is the mean
+    over ``repeats`` fold assignments (seeds ``seed``, ``seed + 1``, ...; ``accuracy_range`` their
+    lowest and highest), which takes out most of the luck of one assignment. Accuracy 0.5:
+    indistinguishable to it; ``stderr`` is the binomial standard error over the items."""
     groups = list(groups) if groups is not None else [f"real:{p.name}" for p in real] + \
         [f"made:{i}" for i in range(len(made))]
     if len(groups) != len(real) + len(made):
@@ -335,16 +337,19 @@ def discriminate(real: list[mdata.Piece], made: list[mdata.Piece], folds: int = 
                 "skipped": "needs at least 2 real pieces and 2 generated ones for a cross-validated figure"}
     x = np.stack([piece_features(p) for p in [*real, *made]])
     y = np.array([0] * len(real) + [1] * len(made), dtype=np.float64)
-    correct = np.zeros(len(y), dtype=bool)
-    for train, test in group_folds(y, groups, k, seed):
-        mean, std = x[train].mean(0), x[train].std(0)
-        std[std < 1e-9] = np.inf  # a feature constant in training says nothing
-        w = logistic_fit((x[train] - mean) / std, y[train])
-        z = np.hstack([(x[test] - mean) / std, np.ones((len(test), 1))]) @ w
-        correct[test] = (z > 0) == (y[test] == 1)
+    correct = np.zeros((max(repeats, 1), len(y)), dtype=bool)
+    for r in range(len(correct)):
+        for train, test in group_folds(y, groups, k, seed + r):
+            mean, std = x[train].mean(0), x[train].std(0)
+            std[std < 1e-9] = np.inf  # a feature constant in training says nothing
+            w = logistic_fit((x[train] - mean) / std, y[train])
+            z = np.hstack([(x[test] - mean) / std, np.ones((len(test), 1))]) @ w
+            correct[r, test] = (z > 0) == (y[test] == 1)
     acc = float(correct.mean())
-    return {**base, "accuracy": acc, "stderr": float(np.sqrt(acc * (1 - acc) / len(y))),
-            "accuracy_real": float(correct[y == 0].mean()), "accuracy_generated": float(correct[y == 1].mean())}
+    each = correct.mean(1)
+    return {**base, "repeats": len(correct), "accuracy": acc, "stderr": float(np.sqrt(acc * (1 - acc) / len(y))),
+            "accuracy_range": [float(each.min()), float(each.max())],
+            "accuracy_real": float(correct[:, y == 0].mean()), "accuracy_generated": float(correct[:, y == 1].mean())}
 
 
 def discriminator_sets(real: list[mdata.Piece], made: list[mdata.Piece], bars: int
