@@ -483,3 +483,23 @@ def test_music_request_bad_inputs(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "400")
     assert "music bars must be between 1 and 32" in main_error(monkeypatch, capsys, "studio", "make", "x",
                                                                "--music-bars", 40)
+
+
+@pytest.mark.skipif(shutil.which("/usr/bin/chromium") is None, reason="Debian's chromium is not installed")
+def test_page_plays_the_music_of_a_studio_job(trained_run, music_run, tmp_path):
+    from genlab.serve import ServerConfig
+
+    from .test_server_page import served_page
+
+    cfg = ServerConfig(text_run=trained_run, music_run=music_run[0], data_dir=tmp_path / "data", device="cpu",
+                       semantic_labels=False)
+    with served_page(cfg, 1000, 900) as (srv, page, errors):
+        page.goto(srv.url + "/")
+        page.fill("#prompt", "Spring morning")
+        page.fill("#max_tokens", "6")
+        page.uncheck("#narrate")
+        page.click("#go")
+        page.wait_for_selector("#download:not([hidden])", timeout=90_000)
+        page.wait_for_function("document.getElementById('music').duration > 0", timeout=10_000)
+        assert page.locator("#stages li[data-stage=music]").get_attribute("class") == "done"
+        assert page.locator("#narration").is_hidden() and not errors, errors

@@ -71,6 +71,9 @@ async function showJob(job) {
   if (!img.hidden) img.src = await blobUrl(`/v1/studio/jobs/${job.id}/files/images/illustration.png`);
   audio.hidden = !manifest.assets["narration.wav"];
   if (!audio.hidden) audio.src = await blobUrl(`/v1/studio/jobs/${job.id}/files/narration.wav`);
+  const music = $("music");  // with the server's --music-run
+  music.hidden = !manifest.assets["music/music.wav"];
+  if (!music.hidden) music.src = await blobUrl(`/v1/studio/jobs/${job.id}/files/music/music.wav`);
   const link = $("download");
   link.href = await blobUrl(`/v1/studio/jobs/${job.id}/bundle`);
   link.download = `genlab-studio-${job.id.slice(0, 8)}.zip`;
@@ -81,7 +84,8 @@ async function make(ev) {
   ev.preventDefault();
   $("error").hidden = true; $("go").disabled = true;
   $("result").hidden = false; $("article").textContent = ""; $("title").textContent = $("prompt").value;
-  $("illustration").hidden = true; $("narration").hidden = true; $("download").hidden = true;
+  $("illustration").hidden = true; $("narration").hidden = true; $("music").hidden = true;
+  $("download").hidden = true;
   const status = {}; showStages(status);
   try {
     const body = { prompt: $("prompt").value, max_tokens: +$("max_tokens").value, seed: +$("seed").value,
