@@ -107,15 +107,16 @@ class StudioMusic:
             try:
                 audio = wav_bytes(piece, tempo=tempo)
             except GenlabError as e:  # no fluidsynth, no soundfont, or it failed: the MIDI still ships
-                skipped = str(e)
+                skipped = str(e).replace("--wav needs", "rendering WAV needs", 1)
         else:
             skipped = "not asked for"
         try:
             font = soundfont().name if audio is not None else None
         except GenlabError:
             font = None
+        metre = f"{piece.time_signature[0]}/{piece.time_signature[1]}"
         record = {"bars": bars, "key": mdata.key_name(piece.key), "key_choice": how, "seed": seed,
-                  "temperature": temperature, "tempo": tempo, "time_signature": f"{piece.time_signature[0]}/{piece.time_signature[1]}",
+                  "temperature": temperature, "tempo": tempo, "time_signature": metre,
                   "notes": {v: len(n) for v, n in zip(mdata.VOICES, piece.voices, strict=True)},
                   "renderer": f"fluidsynth ({font})" if font else None, "wav_skipped": skipped}
         return Music(piece, midi_bytes(piece, tempo), audio, skipped, record)
