@@ -65,6 +65,9 @@ class TrainConfig(JsonConfig):
     device: str = "auto"
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast) | float16
     compile: bool = False
+    # Image families: convolutions in NHWC layout (oneDNN on CPUs and tensor cores on GPUs run it
+    # faster); the LM has no convolutions and ignores it.
+    channels_last: bool = True
     fsdp: bool = False  # under torchrun: shard the model with FSDP2 (fully_shard) instead of DDP
     window: int | None = None  # LM training/eval windows in tokens; None = the model's context
     log_every: int = 10

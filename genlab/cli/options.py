@@ -47,6 +47,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 FastOpt = Annotated[bool, typer.Option("--fast/--no-fast", help="PyTorch runs: the fused, kernel-backed inference path (default), or the plain reference path.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16 (autocast).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
+ChannelsLastOpt = Annotated[bool, typer.Option(
+    "--channels-last/--no-channels-last", help="Image models: convolutions in NHWC layout (faster; same results "
+                                              "within float rounding).")]
 FsdpOpt = Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard weights, gradients and optimizer state "
                                                       "across the processes (FSDP2) instead of copying them (DDP).")]
 ScaleOpt = Annotated[int, typer.Option(help="Enlarge pixels by this factor.")]
@@ -88,7 +91,7 @@ TRAIN_FLAGS = {
     "grad_clip": "grad_clip", "eval_every": "eval_every", "eval_batches": "eval_batches",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "log_every": "log_every",
     "seed": "seed", "device": "device", "dtype": "dtype", "compile": "compile",
-    "fsdp": "fsdp", "window": "window",
+    "channels_last": "channels_last", "fsdp": "fsdp", "window": "window",
 }
 
 

@@ -13,6 +13,7 @@ from genlab.cli.music import train_music_cmd
 from genlab.cli.options import (
     LM_MODEL_FLAGS,
     BetasOpt,
+    ChannelsLastOpt,
     CheckpointEveryOpt,
     CompileOpt,
     DataOpt,
@@ -131,6 +132,7 @@ def train_gan_cmd(
     eval_every: EvalEveryOpt = None, eval_batches: EvalBatchesOpt = None, checkpoint_every: CheckpointEveryOpt = None,
     sample_every: SampleEveryOpt = None, log_every: LogEveryOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", compile: CompileOpt = False,
+    channels_last: ChannelsLastOpt = True,
     latent_dim: LatentOpt = None, embed_dim: EmbedOpt = None,
     g_width: Annotated[int, typer.Option(help="Generator channels at full resolution.")] = None,
     d_width: Annotated[int, typer.Option(help="Discriminator channels at full resolution.")] = None,
@@ -154,6 +156,7 @@ def train_vae_cmd(
     eval_every: EvalEveryOpt = None, eval_batches: EvalBatchesOpt = None, checkpoint_every: CheckpointEveryOpt = None,
     sample_every: SampleEveryOpt = None, log_every: LogEveryOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", compile: CompileOpt = False,
+    channels_last: ChannelsLastOpt = True,
     latent_dim: LatentOpt = None, embed_dim: EmbedOpt = None,
     width: Annotated[int, typer.Option(help="Channels at full resolution.")] = None,
     likelihood: Annotated[str, typer.Option(help="bernoulli or gaussian.")] = None,

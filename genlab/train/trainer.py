@@ -156,10 +156,12 @@ def begin(cfg: TrainConfig | None, quiet: bool) -> tuple[Dist, Callable[[str], N
 
 
 def resumed_train_config(saved: dict, requested: TrainConfig) -> TrainConfig:
-    """A resumed run keeps its own training settings; only the budget, device, compile and fsdp change."""
+    """A resumed run keeps its own training settings; only the budget and the speed levers (device, compile,
+    fsdp, channels_last: the same arithmetic, laid out or scheduled differently) change."""
     cfg = TrainConfig.from_dict(saved["train"])
     cfg.steps, cfg.minutes = requested.steps, requested.minutes
     cfg.device, cfg.compile, cfg.fsdp = requested.device, requested.compile, requested.fsdp
+    cfg.channels_last = requested.channels_last
     return cfg
 
 
