@@ -183,10 +183,76 @@ def bench_generate(lengths: list[int], preset: str = "small", write: Path | None
     return results
 
 
+def dcgan_reference_loop(data, width: int, latent_dim: int, batch_size: int, steps: int, warmup: int) -> float:
+    """Seconds per step of a training loop in the shape of pytorch/examples' ``dcgan/main.py``, re-created
+    here (nothing is fetched) for the same images, widths and batch size as genlab's preset:
+
+    a Dataset that converts and normalises one image per item, a shuffling DataLoader that collates batches
+    (``num_workers=0``: worker processes would share the same two cores), DCGAN networks (transposed
+    convolutions, batch norm, ReLU / LeakyReLU, sigmoid), BCE loss, D updated on a real and a detached fake
+    batch, then G on the same fake batch, Adam (lr 2e-4, betas 0.5/0.999), NCHW and fp32."""
+    from torch import nn
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(data.train)
+
+        def __getitem__(self, i: int):
+            x = torch.from_numpy(data.train.images[i]).float().div(255)
+            return (x - 0.5) / 0.5, int(data.train.labels[i])
+
+    from genlab.models.conv import size_plan, widths
+
+    base, doublings = size_plan(data.config.image_size)
+    ch = widths(width, doublings)
+    channels = data.config.channels
+    g_layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, ch[0], base, 1, 0, bias=False),
+                                 nn.BatchNorm2d(ch[0]), nn.ReLU(True)]
+    for i in range(doublings - 1):
+        g_layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, 2, 1, bias=False), nn.BatchNorm2d(ch[i + 1]),
+                     nn.ReLU(True)]
+    g_layers += [nn.ConvTranspose2d(ch[doublings - 1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+    d_layers: list[nn.Module] = [nn.Conv2d(channels, ch[doublings - 1], 4, 2, 1, bias=False),
+                                 nn.LeakyReLU(0.2, True)]
+    for i in reversed(range(doublings - 1)):
+        d_layers += [nn.Conv2d(ch[i + 1], ch[i], 4, 2, 1, bias=False), nn.BatchNorm2d(ch[i]),
+                     nn.LeakyReLU(0.2, True)]
+    d_layers += [nn.Conv2d(ch[0], 1, base, 1, 0, bias=False), nn.Sigmoid()]
+    net_g, net_d = nn.Sequential(*g_layers), nn.Sequential(*d_layers)
+    criterion = nn.BCELoss()
+    opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    loader = torch.utils.data.DataLoader(Images(), batch_size=batch_size, shuffle=True, drop_last=True)
+    times: list[float] = []
+    t = time.perf_counter()
+    while len(times) < warmup + steps:
+        for real, _ in loader:
+            net_d.zero_grad()
+            out = net_d(real).view(-1)
+            err_real = criterion(out, torch.ones_like(out))
+            err_real.backward()
+            fake = net_g(torch.randn(batch_size, latent_dim, 1, 1))
+            out = net_d(fake.detach()).view(-1)
+            err_fake = criterion(out, torch.zeros_like(out))
+            err_fake.backward()
+            opt_d.step()
+            net_g.zero_grad()
+            out = net_d(fake).view(-1)
+            criterion(out, torch.ones_like(out)).backward()
+            opt_g.step()
+            now = time.perf_counter()
+            times.append(now - t)
+            t = now
+            if len(times) == warmup + steps:
+                break
+    return statistics.median(times[warmup:])
+
+
 def bench_train_image(family: str, presets: list[str], steps: int = 20, write: Path | None = None,
                       warmup: int = 3, data_source: str = "fashion-mnist") -> list[dict]:
-    """Training images/s of the GAN or VAE through the real trainer, and the wall time of the whole
-    run (model build, training, the final evaluation and sample grid)."""
+    """Training images/s of the GAN or VAE through the real trainer, in NCHW and in channels-last layout, and
+    the wall time of the whole run (model build, training, the final evaluation and sample grid); for the GAN
+    also a loop in the shape of pytorch/examples' DCGAN on the same data, widths and batch size."""
     from genlab.data.images import ImageDataConfig, load_image_data
     from genlab.train import image as img
     from genlab.train.trainer import train
@@ -197,25 +263,44 @@ def bench_train_image(family: str, presets: list[str], steps: int = 20, write: P
     task_cls = img.GANTask if family == "gan" else img.VAETask
     results = []
     for preset in presets:
-        t0 = time.perf_counter()
-        model = img.build_model(family, img.model_config(family, preset, data), 0)
-        n_params = sum(p.numel() for p in model.parameters())
-        tcfg = img.image_train_config(family, preset, steps=warmup + steps, eval_every=10**9, checkpoint_every=10**9,
-                                  log_every=10**9)
-        with tempfile.TemporaryDirectory() as tmp:
-            res = train(task_cls(model, data, tcfg.batch_size, eval_batches=1), tcfg, Path(tmp), quiet=True)
-        wall = time.perf_counter() - t0
-        sec = statistics.median(res.step_seconds[warmup:])
-        images = tcfg.batch_size * getattr(model.cfg, "d_steps", 1)  # a GAN step shows D d_steps batches
-        results.append(dict(preset=preset, params=n_params, batch=tcfg.batch_size, step_ms=sec * 1e3,
-                            images_per_s=images / sec, wall_s=wall))
-    headers = ["preset", "params", "batch", "step (ms)", "images/s", f"wall time, {warmup}+{steps} steps (s)"]
-    rows = [[r["preset"], f"{r['params']:,}", str(r["batch"]), f"{r['step_ms']:.1f}", f"{r['images_per_s']:,.0f}",
-             f"{r['wall_s']:.1f}"] for r in results]
+        tcfg = img.image_train_config(family, preset, steps=warmup + steps, eval_every=10**9,
+                                      checkpoint_every=10**9, log_every=10**9)
+        per_step = tcfg.batch_size * (img.MODEL_PRESETS[family][preset].get("d_steps", 1))
+        base = None
+        if family == "gan":
+            shape = img.MODEL_PRESETS["gan"][preset]
+            t0 = time.perf_counter()
+            sec = dcgan_reference_loop(data, shape["g_width"], shape["latent_dim"], tcfg.batch_size, steps, warmup)
+            base = sec
+            results.append(dict(preset=preset, loop="pytorch/examples DCGAN shape (NCHW)", params=None,
+                                batch=tcfg.batch_size, step_ms=sec * 1e3, images_per_s=tcfg.batch_size / sec,
+                                wall_s=time.perf_counter() - t0, ratio=1.0))
+        for channels_last in (False, True):
+            t0 = time.perf_counter()
+            model = img.build_model(family, img.model_config(family, preset, data), 0)
+            n_params = sum(p.numel() for p in model.parameters())
+            with tempfile.TemporaryDirectory() as tmp:
+                task = task_cls(model, data, tcfg.batch_size, eval_batches=1, channels_last=channels_last)
+                res = train(task, tcfg, Path(tmp), quiet=True)
+            sec = statistics.median(res.step_seconds[warmup:])
+            base = base or sec
+            results.append(dict(preset=preset, loop=f"genlab trainer ({'channels-last' if channels_last else 'NCHW'})",
+                                params=n_params, batch=tcfg.batch_size, step_ms=sec * 1e3,
+                                images_per_s=per_step / sec, wall_s=time.perf_counter() - t0, ratio=base / sec))
+    headers = ["preset", "loop", "params", "batch", "step (ms)", "images/s", "x first row",
+               f"wall time, {warmup}+{steps} steps (s)"]
+    rows = [[r["preset"], r["loop"], "-" if r["params"] is None else f"{r['params']:,}", str(r["batch"]),
+             f"{r['step_ms']:.1f}", f"{r['images_per_s']:,.0f}", f"{r['ratio']:.2f}", f"{r['wall_s']:.1f}"]
+            for r in results]
     show_table(f"train-{family}", headers, rows)
+    reference = (" The DCGAN row re-creates the shape of pytorch/examples' dcgan/main.py loop here (nothing is "
+                 "fetched): per-image Dataset transform, a shuffling DataLoader (num_workers=0), DCGAN networks "
+                 "of the preset's widths with batch norm in D, BCE loss, G's update on the same fake batch as "
+                 "D's, NCHW fp32. Its networks are not genlab's (no spectral norm, projection or EMA)."
+                 if family == "gan" else "")
     append_section(write, f"{family.upper()} training throughput (`bench train-{family}`, {data.name})",
             f"genlab bench train-{family} " + " ".join(sys.argv[3:]), markdown_table(headers, rows),
             f"Median of {steps} optimizer steps after {warmup} warm-up steps, real trainer and task "
-            f"({data.name}, {data.config.image_size}px). Wall time: building the model, all steps, the final "
-            "evaluation and sample grid.")
+            f"({data.name}, {data.config.image_size}px), per preset in NCHW and channels-last layout. Wall time: "
+            "building the model, all steps, the final evaluation and sample grid." + reference)
     return results

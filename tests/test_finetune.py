@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,18 @@ def test_lora_trains_only_the_adapters_and_the_run_loads(lora_run, base, new_tex
     lm = genlab.load(run, device="cpu")
     text = lm.generate("Zebra", max_tokens=20, seed=0)
     assert isinstance(text, str) and text
+
+
+def test_a_manifest_names_the_adapters_and_their_base(lora_run, base):
+    """The studio's record of a LoRA run (it has no model.safetensors): its adapters' hash and the base's."""
+    from genlab.studio.backends import run_record
+
+    run, _ = lora_run
+    record = run_record(run, "text")
+    assert record["adapter_sha256"] == runs.file_sha256(run / ft.ADAPTER) and record["method"] == "lora"
+    assert Path(record["base"]).resolve() == base.resolve()
+    assert record["base_weights_sha256"] == runs.file_sha256(base / runs.WEIGHTS)
+    assert "weights_sha256" not in record
 
 
 def test_merge_matches_the_unmerged_run(lora_run, tmp_path):

@@ -46,11 +46,20 @@ def config_fingerprint(path: Path) -> str:
 
 def run_record(run: Path, role: str) -> dict:
     """What a manifest says about a genlab run: enough to know exactly which model made an asset."""
+    from genlab.train.finetune import ADAPTER, lora_section
+
     run = Path(run)
     cfg = runs.read_config(run)
-    return {"role": role, "kind": "genlab-run", "run": run.name, "path": str(run.resolve()),
-            "family": cfg["family"], "config_sha256": config_fingerprint(run / runs.CONFIG),
-            "weights_sha256": runs.file_sha256(run / runs.WEIGHTS)}
+    record = {"role": role, "kind": "genlab-run", "run": run.name, "path": str(run.resolve()),
+              "family": cfg["family"], "config_sha256": config_fingerprint(run / runs.CONFIG)}
+    lora = lora_section(cfg)
+    if lora is None:
+        return {**record, "weights_sha256": runs.file_sha256(run / runs.WEIGHTS)}
+    # A LoRA/QLoRA run holds only its adapters; the model is those on top of the base run it names.
+    if not (run / ADAPTER).is_file():
+        raise RunError(f"LoRA run '{run}' has no {ADAPTER}; it has not saved a checkpoint yet")
+    return {**record, "adapter_sha256": runs.file_sha256(run / ADAPTER), "method": lora["method"],
+            "base": lora["base"], "base_weights_sha256": lora.get("base_sha256")}
 
 
 class GenlabTextBackend:
