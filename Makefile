@@ -32,8 +32,10 @@ $(STAMP): pyproject.toml Makefile scripts/setup_system.sh
 demo: setup
 	$(BIN)/genlab demo
 
+# Two worker processes, each running whole test files (module fixtures are built once): about 13 minutes
+# on 2 cores instead of 22. `pytest tests/FILE.py` alone runs in one process as usual.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check genlab tests

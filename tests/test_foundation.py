@@ -24,8 +24,11 @@ def test_import_gguf_round_trips_weights_tokenizer_and_template(tiny_gguf, tmp_p
     source, path = tiny_gguf
     lines = []
     report = import_gguf(path, tmp_path / "imported", log=lines.append)
-    assert report.checks and report.checks[0].ok and "transformers' GGUF reader" in report.checks[0].what
-    assert any(line.startswith("parity (genlab vs transformers") for line in lines)
+    # The independent reader: llama.cpp where llama-cpp-python is installed (make gguf-check), else transformers.
+    checker = "llama.cpp" if "llama.cpp" in report.checks[0].what else "transformers"
+    assert report.checks and report.checks[0].ok and (checker == "llama.cpp" or "transformers' GGUF reader" in
+                                                      report.checks[0].what)
+    assert any(line.startswith(f"parity (genlab vs {checker}") for line in lines)
     lm, ref = genlab.load(tmp_path / "imported", device="cpu"), genlab.load(source, device="cpu")
     assert lm.chat_template == TEMPLATE
     assert {**lm.config.to_dict(), "norm_eps": 0} == {**ref.config.to_dict(), "norm_eps": 0}
@@ -100,7 +103,11 @@ def test_bad_gguf_inputs_are_one_line_and_write_nothing(tiny_gguf, tmp_path):  #
 def test_the_real_smollm2_imports_with_parity_and_answers(tmp_path):
     report = import_gguf(locate("smollm2"), tmp_path / "smol", context=256, log=lambda m: None)
     parity = report.checks[0]
-    assert parity.max_abs_diff < 1e-3 and parity.logit_scale > 10  # measured 4.0e-5 against transformers
+    assert parity.ok and parity.logit_scale > 10
+    if "transformers" in parity.what:  # the same dequantized values in fp32: only summation order differs
+        assert parity.max_abs_diff < 1e-3  # measured 4.0e-5
+    else:  # llama.cpp rounds activations to 8 bits in its quantized products: measured 1.32 of 33.5
+        assert "llama.cpp" in parity.what and parity.max_abs_diff < 0.1 * parity.logit_scale
     lm = genlab.load(tmp_path / "smol", device="cpu")
     assert lm.config.n_layer == 30 and lm.config.d_model == 576 and lm.config.n_kv_head == 3
     answer = lm.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=20, temperature=0)

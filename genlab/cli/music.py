@@ -125,7 +125,7 @@ def _write_outputs(gen, piece, out_path: Path, musicxml: Path | None, wav: Path 
 
     counts = ", ".join(f"{v} {len(n)}" for v, n in zip(("S", "A", "T", "B"), piece.voices, strict=True))
     out.print(f"{key_name(piece.key)}, {piece.time_signature[0]}/{piece.time_signature[1]}, notes {counts} -> "
-              f"{', '.join(map(str, written))}", markup=False, highlight=False)
+              f"{', '.join(map(str, written))}", markup=False, highlight=False, soft_wrap=True)  # whole paths
 
 
 def generate_music_cmd(

@@ -97,12 +97,25 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def _trim_heap() -> None:
+    """Hand the heap's free memory back to the OS (glibc's malloc_trim). Without this, a process that freed
+    memory earlier serves the measured step from it and its RSS, so its peak, does not grow at all."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the peak may then read low
+
+
 def _reset_peak(device: torch.device) -> int | None:
     """Start a fresh peak; returns the baseline in bytes (None where it cannot be measured)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
+    _trim_heap()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
     except OSError:
