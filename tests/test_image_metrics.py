@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from genlab.data.images import ImageDataConfig, load_image_data
+from genlab.data.images import SHAPES_CLASSES, ImageDataConfig, load_image_data
 from genlab.errors import ConfigError
 from genlab.evaluate.classifier import ClassifierConfig, classifier_dir, load_or_train
 from genlab.evaluate.image_metrics import (
@@ -22,6 +22,7 @@ from genlab.evaluate.image_metrics import (
     frechet_distance,
     precision_recall,
 )
+from genlab.generate.images import ImageGenerator
 from genlab.train.image import ImageTrainSpec, image_train_config, train_image
 
 from .conftest import GENLAB, ROOT
@@ -159,3 +160,26 @@ def test_eval_cli_on_a_vae_run_and_errors(tmp_path):
     bad = subprocess.run([*GENLAB, "eval", str(run), "--data", "x.txt"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --data is for LM runs")
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_rgb_folders_train_both_families_and_are_measured(tmp_path, size):
+    """Colour pictures in a folder of class sub-folders (drawn shapes, random colours), at 32 and 64 pixels: both
+    families train on them and every metric is measured against a classifier of that folder."""
+    from PIL import Image
+
+    from genlab.data.images import draw_shapes
+
+    shapes = draw_shapes(60, size, 3, seed=2)
+    for i, (image, label) in enumerate(zip(shapes.images, shapes.labels, strict=True)):
+        folder = tmp_path / "colour" / SHAPES_CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i:03d}.png")
+    data_cfg = ImageDataConfig(str(tmp_path / "colour"), image_size=size, channels=3, test_fraction=0.25)
+    clf = load_or_train(load_image_data(data_cfg), TINY_CLF, quiet=True)
+    for family in ("gan", "vae"):
+        run = tiny_run(family, tmp_path / family, steps=3, data=data_cfg)
+        res = evaluate_image_run(run, n=24, classifier=clf, quiet=True)
+        assert res["n_generated"] == 24 and math.isfinite(res["fcd"]) and 0 <= res["precision"] <= 1
+        assert 0 <= res["conditional_accuracy"] <= 1 and (family == "gan" or res["nelbo_nats"] > 0)
+        assert ImageGenerator.from_run(run, device="cpu").sample(2, labels=[0, 1], seed=0).shape == (2, 3, size, size)
