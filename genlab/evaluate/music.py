@@ -57,21 +57,28 @@ def voice_leading(piece: mdata.Piece) -> tuple[int, int, int]:
     onsets of the piece at which both voices sound and at least one of them moves; a parallel is a
     step where both move the same way and the interval (modulo the octave) is a fifth, or an octave
     or unison, before and after."""
+    steps = fifths = octaves = 0
+    for a1, a2, b1, b2 in voice_steps(piece):
+        steps += 1
+        if (a2 - a1) * (b2 - b1) > 0:  # similar motion, both voices moving
+            before, after = (a1 - b1) % 12, (a2 - b2) % 12
+            fifths += before == after == 7
+            octaves += before == after == 0
+    return steps, fifths, octaves
+
+
+def voice_steps(piece: mdata.Piece):
+    """(a1, a2, b1, b2) for every voice-leading step: each pair of voices (a above b) at two consecutive
+    onsets of the piece where both sound and at least one of them moves."""
     times = sorted({n.onset for v in piece.voices for n in v})
     sounding = [[_sounding(v, t) for t in times] for v in piece.voices]
-    steps = fifths = octaves = 0
     for i in range(len(piece.voices)):
         for j in range(i + 1, len(piece.voices)):
             for k in range(len(times) - 1):
                 a1, a2, b1, b2 = sounding[i][k], sounding[i][k + 1], sounding[j][k], sounding[j][k + 1]
                 if None in (a1, a2, b1, b2) or (a1 == a2 and b1 == b2):
                     continue
-                steps += 1
-                if (a2 - a1) * (b2 - b1) > 0:  # similar motion, both voices moving
-                    before, after = (a1 - b1) % 12, (a2 - b2) % 12
-                    fifths += before == after == 7
-                    octaves += before == after == 0
-    return steps, fifths, octaves
+                yield a1, a2, b1, b2
 
 
 def piece_statistics(pieces: list[mdata.Piece]) -> dict:
@@ -248,14 +255,9 @@ def piece_features(piece: mdata.Piece) -> np.ndarray:
             if upper[k] is not None:
                 above_bass[(upper[k] - bass) % 12] += 1
     motion = np.zeros(3)  # similar, contrary, oblique
-    for i in range(len(piece.voices)):
-        for j in range(i + 1, len(piece.voices)):
-            for k in range(len(times) - 1):
-                a1, a2, b1, b2 = sounding[i][k], sounding[i][k + 1], sounding[j][k], sounding[j][k + 1]
-                if None in (a1, a2, b1, b2) or (a1 == a2 and b1 == b2):
-                    continue
-                da, db = a2 - a1, b2 - b1
-                motion[0 if da * db > 0 else 1 if da * db < 0 else 2] += 1
+    for a1, a2, b1, b2 in voice_steps(piece):
+        da, db = a2 - a1, b2 - b1
+        motion[0 if da * db > 0 else 1 if da * db < 0 else 2] += 1
     steps, fifths, octaves = voice_leading(piece)
     register, spread, density = [], [], []
     for v, voice in enumerate(piece.voices):
