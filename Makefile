@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile scripts/setup_system.sh
 demo: setup
 	$(BIN)/genlab demo
 
-# Two worker processes, each running whole test files (module fixtures are built once): about 13 minutes
+# Two worker processes, each running whole test files (module fixtures are built once): about 14 minutes
 # on 2 cores instead of 22. `pytest tests/FILE.py` alone runs in one process as usual.
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -126,7 +126,7 @@ class _ImageTask:
     def __init__(self, model: GAN | VAE, data: ImageData, batch_size: int, eval_batches: int,
                  channels_last: bool = True) -> None:
         # NHWC: oneDNN's convolutions (and their backward, most of a step) skip a layout reorder per
-        # call; 1.3x the images/s of the small GAN on this CPU (BENCHMARKS.md, bench train-gan).
+        # call; 1.2x the images/s of the small GAN on a 2-core CPU (BENCHMARKS.md, bench train-gan).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
         self.data = data
@@ -243,7 +243,7 @@ class GANTask(_ImageTask):
             d_norm = ctx.step_optimizer("optimizer_d")
         g_loss = 0.0
         # The generator's loss runs through D, but D's weight gradients from it would only be dropped
-        # (D's next update starts with zero_grad): freezing D skips computing them, a fifth of the step.
+        # (D's next update starts with zero_grad): freezing D skips computing them.
         discriminator = runs.unwrap(ctx.model).discriminator
         discriminator.requires_grad_(False)
         try:
