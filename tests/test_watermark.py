@@ -194,6 +194,30 @@ def test_c2pa_sign_verify_and_tamper(keys_dir, tmp_path):
     assert not verify_asset("a.png", _png(_picture())).present  # never signed
 
 
+def test_c2pa_sidecar_store_verifies_and_detects_tampering(keys_dir, tmp_path, detect):
+    """Credentials kept beside the asset (NAME.c2pa) rather than inside it: the asset's bytes are left as
+    they were, the store verifies against them, and `genlab detect` finds it next to the file."""
+    from genlab.safety.provenance import Signer, verify_asset
+
+    original = _png(_picture())
+    data, sidecar = Signer.load().sign("a.png", original, {"article_sha256": "cd" * 32}, embed=False)
+    assert data == original and sidecar
+    ok = verify_asset("a.png", data, sidecar)
+    assert ok.intact and not ok.embedded and ok.record == {"article_sha256": "cd" * 32}
+    assert not verify_asset("a.png", data).present  # the store is not in the file itself
+    other = _png(_picture(seed=1))
+    assert not verify_asset("a.png", other, sidecar).intact  # the store is bound to the signed bytes
+
+    (tmp_path / "a.png").write_bytes(data)
+    (tmp_path / "a.png.c2pa").write_bytes(sidecar)
+    r = detect(tmp_path / "a.png", "--key", KEY, "--json")
+    cred = json.loads(r.stdout)["items"][0]["credentials"]
+    assert r.returncode == 0 and cred["intact"] and cred["embedded"] is False, r.stdout
+    (tmp_path / "a.png").write_bytes(other)  # the picture replaced, the old store left beside it
+    cred = json.loads(detect(tmp_path / "a.png", "--key", KEY, "--json").stdout)["items"][0]["credentials"]
+    assert cred["present"] and not cred["intact"]
+
+
 @dataclass
 class Ran:
     returncode: int

@@ -1,4 +1,4 @@
-"""`genlab bench train-lm|generate|runtimes|decode|serve|finetune|transfer|chat|train-gan|train-vae`."""
+"""`genlab bench train-lm|generate|runtimes|decode|serve|finetune|transfer|chat|train-gan|train-vae|watermark|quality`."""
 
 from __future__ import annotations
 
@@ -239,3 +239,25 @@ def bench_watermark_cmd(
         image_run = Path("runs/demo-images")
     temps = [float(t) for t in comma_list(temperatures)]
     bench_watermark(run, image_run, n, tokens, temps, images, None if no_write else write, text=text, log=err.print)
+
+
+@app.command("quality")
+def bench_quality_cmd(
+    text_run: Annotated[list[Path], typer.Option("--text-run", help="LM run to write the articles (repeat the "
+                                                                    "option to compare runs side by side).")],
+    image_run: Annotated[Path, typer.Option(help="GAN/VAE run for the illustrations (default: runs/demo-images "
+                                                 "when present, else none).")] = None,
+    prompts: Annotated[int, typer.Option(help="How many of the 50 built-in studio prompts.")] = 50,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per article.")] = 120,
+    retries: Annotated[int, typer.Option(help="The gate's extra attempts per asset (studio --quality-retries).")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    write: WriteOpt = BENCHMARKS,
+    no_write: NoWriteOpt = False,
+):
+    """The studio's quality gate over many prompts: how often it regenerated, first-attempt and shipped
+    pass rates, and how much the scores moved."""
+    from genlab.bench_quality import bench_quality
+
+    if image_run is None and Path("runs/demo-images").exists():
+        image_run = Path("runs/demo-images")
+    bench_quality(text_run, image_run, prompts, max_tokens, retries, None if no_write else write, device, log=err.print)

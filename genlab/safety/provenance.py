@@ -153,9 +153,10 @@ class Signer:
         c2pa = _c2pa()
         return c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, self.chain, self.key, None))
 
-    def sign(self, name: str, data: bytes, record: dict) -> tuple[bytes, bytes | None]:
+    def sign(self, name: str, data: bytes, record: dict, embed: bool = True) -> tuple[bytes, bytes | None]:
         """(the asset with credentials embedded, None), or (the asset unchanged, a sidecar manifest
-        store) for a format the SDK cannot embed into."""
+        store ``NAME.c2pa``) when ``embed`` is False or the SDK cannot embed into the format (the
+        asset's bytes must then stay exactly as they are: the store is bound to their hash)."""
         c2pa = _c2pa()
         mime = MIME.get(Path(name).suffix.lower())
         if mime is None:
@@ -171,8 +172,8 @@ class Signer:
             ],
         }
         builder = c2pa.Builder.from_json(json.dumps(manifest))
-        embed = mime in c2pa.Builder.get_supported_mime_types()
-        if not embed:  # pragma: no cover - PNG/JPEG/WAV embed with the installed SDK
+        embed = embed and mime in c2pa.Builder.get_supported_mime_types()
+        if not embed:
             builder.set_no_embed()
         dest = io.BytesIO()
         store = builder.sign(self._signer(), mime, io.BytesIO(data), dest)
