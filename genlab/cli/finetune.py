@@ -1,5 +1,6 @@
 """`genlab finetune`: LoRA adapters or full fine-tuning of an LM run on new text; `--merge` folds a LoRA
-run's adapters into its base's weights."""
+run's adapters into its base's weights; a GAN or VAE base is adapted to a folder of a few images per
+class (genlab.train.finetune_images: new classes, FreezeD, DiffAugment)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from genlab.cli.common import comma_list, out, report_lm_training
+from genlab.cli.common import comma_list, err, out, report_lm_training
 from genlab.cli.options import (
+    TRAIN_FLAGS,
     CheckpointEveryOpt,
     CompileOpt,
     DataOpt,
@@ -19,6 +21,7 @@ from genlab.cli.options import (
     EvalEveryOpt,
     FsdpOpt,
     GradClipOpt,
+    ImgTestFracOpt,
     LmBatchOpt,
     LmGradAccumOpt,
     LmWarmupOpt,
@@ -35,10 +38,13 @@ from genlab.cli.options import (
 from genlab.errors import GenlabError
 
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+LM_ONLY = ("method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "quant", "group_size", "window")
+IMAGE_ONLY = ("freeze_d", "augment", "test_fraction")
 
 
 def finetune_cmd(
-    base: Annotated[Path, typer.Argument(help="Run directory of the LM to fine-tune (trained or imported).")] = None,
+    base: Annotated[Path, typer.Argument(help="Run directory of the model to fine-tune: an LM (trained or "
+                                              "imported), or a GAN/VAE run to adapt to a folder of images.")] = None,
     data: DataOpt = None,
     method: Annotated[str, typer.Option(help="lora (train low-rank adapters; the run stores only them), qlora "
                                              "(the same over a frozen int4/int8 base) or full (train every "
@@ -56,6 +62,13 @@ def finetune_cmd(
     group_size: Annotated[int, typer.Option(help="qlora with int4: weights per scale. [default: 32]")] = None,
     window: Annotated[int, typer.Option("--context", help="Training window in tokens (default: the base's context, "
                                                           "e.g. 2048 for SmolLM2; the model keeps its own).")] = None,
+    freeze_d: Annotated[int, typer.Option(help="GAN base: keep the discriminator's first N conv blocks frozen "
+                                               "(FreezeD). [default: 2]")] = None,
+    augment: Annotated[str, typer.Option(help="GAN/VAE base: differentiable augmentations of what D sees (GAN; "
+                                              "default translation,cutout,color) or of the inputs (VAE: translation, "
+                                              "flip; default none); 'none' turns them off.")] = None,
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="GAN/VAE base: no augmentation.")] = False,
+    test_fraction: ImgTestFracOpt = None,
     steps: StepsOpt = None,
     minutes: MinutesOpt = None,
     batch_size: LmBatchOpt = None,
@@ -93,6 +106,13 @@ def finetune_cmd(
         merged = ft.merge(merge, out_dir, overwrite=overwrite)
         out.print(f"merged the adapters of {merge} into its base's weights -> {merged}")
         return
+    if _image_base(base, out_dir, resume):
+        _finetune_image(args)
+        return
+    image_flags = [f"--{name.replace('_', '-')}" for name in IMAGE_ONLY if args[name] is not None] + (
+        ["--no-augment"] if no_augment else [])
+    if image_flags:
+        raise GenlabError(f"{image_flags[0]} is for GAN/VAE bases; '{base or out_dir}' is a language-model run")
     if method is not None and method not in ft.METHODS:
         raise GenlabError(f"unknown --method '{method}'; choose lora, qlora or full")
     if method == "full" and lora_flags:
@@ -122,3 +142,41 @@ def finetune_cmd(
                                          overwrite=overwrite, quiet=quiet))
     if not quiet:
         report_lm_training(result, out_dir)
+
+
+def _image_base(base: Path | None, out_dir: Path, resume: bool) -> bool:
+    """Whether this is an image fine-tune: a GAN/VAE base, or (--resume) a GAN/VAE run in --out."""
+    from genlab.train.finetune_images import is_image_run
+
+    path = out_dir if resume and base is None else base
+    return path is not None and is_image_run(path)
+
+
+def _finetune_image(args: dict) -> None:
+    from genlab.train.finetune_images import ImageFinetuneSpec, finetune_image
+
+    given = [f"--{'context' if name == 'window' else name.replace('_', '-')}" for name in LM_ONLY
+             if args[name] is not None] + (["--fsdp"] if args["fsdp"] else [])
+    if given:
+        raise GenlabError(f"{given[0]} is for language-model runs; a GAN/VAE base takes --freeze-d, --augment "
+                          f"and the training flags")
+    if args["no_augment"] and args["augment"] is not None:
+        raise GenlabError("give --augment or --no-augment, not both")
+    data, resume = args["data"] or [], args["resume"]
+    if resume and (args["base"] is not None or data):
+        raise GenlabError("--resume continues the run in --out with its own base and data; give neither BASE nor --data")
+    if not resume and len(data) != 1:
+        raise GenlabError("give one folder of images (one sub-folder per class): genlab finetune BASE --data FOLDER "
+                          "--out RUN")
+    overrides = {field: args[flag] for flag, field in TRAIN_FLAGS.items()
+                 if flag in args and flag not in ("fsdp", "window") and args[flag] is not None}
+    run = args["out_dir"]
+    result = finetune_image(ImageFinetuneSpec(
+        run=run, base=args["base"], data=data[0] if data else None,
+        test_fraction=0.1 if args["test_fraction"] is None else args["test_fraction"],
+        freeze_d=args["freeze_d"], augment="none" if args["no_augment"] else args["augment"],
+        train_overrides=overrides, resume=resume, overwrite=args["overwrite"], quiet=args["quiet"]))
+    if not args["quiet"]:
+        val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
+        err.print(f"[green]done[/]: step {result.step}, {result.throughput:,.0f} img/s"
+                  f"{', val ' + val if val else ''} -> {run} (sample grids in {run / 'samples'})")

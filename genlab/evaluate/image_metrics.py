@@ -110,6 +110,15 @@ def run_data(run: str | Path) -> tuple[dict, ImageData]:
     return cfg, data
 
 
+def scored_classes(model_classes: list[str], data_classes: list[str]) -> list[int]:
+    """The model's class index of each of the data set's classes, by name (ignoring case)."""
+    lowered = [c.casefold() for c in model_classes]
+    missing = [c for c in data_classes if c.casefold() not in lowered]
+    if missing:
+        raise RunError(f"the model has no class '{missing[0]}' of its data set; its classes: {', '.join(model_classes)}")
+    return [lowered.index(c.casefold()) for c in data_classes]
+
+
 def negative_elbo(gen: ImageGenerator, images: np.ndarray, labels: np.ndarray, seed: int = 0,
                   batch_size: int = 500) -> float:
     """Mean negative ELBO (nats per image) of a VAE on ``images``: one posterior sample per image."""
@@ -137,7 +146,11 @@ def evaluate_image_run(run: str | Path, n: int = 10_000, k: int = 3, seed: int =
         raise DataError(f"'{data.name}' has fewer than 2 test images; raise --test-fraction and retrain")
     clf = classifier or load_or_train(data, classifier_config, device=device, quiet=quiet)
     gen = ImageGenerator.from_run(run, device=device)
-    labels = gen.labels_for(n, None)  # conditional: the classes in turn, so every class gets n / classes
+    # The model's index of each of the data set's classes. The same list for an ordinary run; a few-shot
+    # fine-tune (genlab.train.finetune_images) knows its base's classes too, and is scored on the classes
+    # its own data set has, matched by name, with that data set's classifier.
+    scored = scored_classes(gen.class_names, data.class_names) if gen.conditional else None
+    labels = None if scored is None else [scored[i % len(scored)] for i in range(n)]  # each class n / classes
     fake_feats, fake_pred = clf.run(gen.sample(n, labels=labels, seed=seed))
     real = data.test
     real_feats, _ = clf.run(real.images)
@@ -156,7 +169,9 @@ def evaluate_image_run(run: str | Path, n: int = 10_000, k: int = 3, seed: int =
         "precision": precision, "recall": recall, "k": k, "n_precision_recall": m,
     }
     if gen.conditional:
-        res["conditional_accuracy"] = float((fake_pred == np.asarray(labels)).mean())
+        res["conditional_accuracy"] = float((np.asarray(scored)[fake_pred] == np.asarray(labels)).mean())
+        if len(scored) < len(gen.class_names):
+            res["classes_scored"] = [gen.class_names[i] for i in scored]
     if cfg["family"] == "vae":
         nelbo = negative_elbo(gen, real.images, real.labels, seed=seed)
         dims = int(np.prod(real.images.shape[1:]))
@@ -176,6 +191,8 @@ def format_report(res: dict) -> str:
     if "conditional_accuracy" in res:
         lines.append(f"conditional accuracy {res['conditional_accuracy']:.2%} (classifier on generated images "
                      f"vs the requested labels)")
+    if "classes_scored" in res:
+        lines.append(f"scored on the data set's classes only: {', '.join(res['classes_scored'])}")
     if "nelbo_nats" in res:
         lines.append(f"negative ELBO {res['nelbo_nats']:.2f} nats/image, {res['bits_per_dim']:.4f} bits/dim "
                      f"[{res['nelbo_images']:,} test images, {res['likelihood']} likelihood]")

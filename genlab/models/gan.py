@@ -151,21 +151,26 @@ class GAN(nn.Module):
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, phase: str, z: torch.Tensor, labels: torch.Tensor | None,
-                real: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                real: torch.Tensor | None = None, augment=None) -> tuple[torch.Tensor, ...]:
         """The two training passes go through forward() so DistributedDataParallel sees them.
 
         ``"d"``: scores of real images and of fakes (made without gradients); ``"g"``: scores of
-        fakes, with gradients flowing back into the generator."""
+        fakes, with gradients flowing back into the generator. ``augment``: a differentiable transform
+        of every image D sees (few-shot fine-tuning: genlab.train.diffaugment); in ``"d"`` it gets the
+        real images and then the fakes as one batch."""
         if phase == "d":
             with torch.no_grad():
                 fake = self.generator(z, labels)
             # One pass over real and fake together: D has no batch statistics, so this is the same
             # as two passes, and it runs the spectral-norm power iteration once per step.
             both = torch.cat([real, fake])
+            if augment is not None:
+                both = augment(both)
             scores = self.discriminator(both, None if labels is None else torch.cat([labels, labels]))
             return scores[: real.size(0)], scores[real.size(0):]
         if phase == "g":
-            return (self.discriminator(self.generator(z, labels), labels),)
+            fake = self.generator(z, labels)
+            return (self.discriminator(fake if augment is None else augment(fake), labels),)
         raise ValueError(f"unknown GAN phase '{phase}'")
 
     @torch.no_grad()

@@ -172,14 +172,22 @@ class VAETask(_ImageTask):
     family = "vae"
     metric_names = ("loss", "recon", "kl", "nelbo")
 
+    # Few-shot fine-tuning (genlab.train.finetune_images) may set an augmentation of the inputs: an
+    # object with draw(rng, n) -> parameters and apply(x, parameters) -> x (genlab.train.diffaugment).
+    augment = None
+
     def train_batch(self, rng: np.random.Generator):
         images, labels = self.data.train.batch(rng, self.batch_size)
         eps = rng.standard_normal((self.batch_size, self.model.cfg.latent_dim), dtype=np.float32)
-        return images, labels, eps
+        if self.augment is None:
+            return images, labels, eps
+        return images, labels, eps, self.augment.draw(rng, self.batch_size)  # drawn last: same RNG stream
 
     def loss(self, model, batch):
-        images, labels, eps = batch
+        images, labels, eps, *aug = batch
         x = self.pixels(images)
+        if aug:
+            x = self.augment.apply(x, aug[0])
         recon, kl = model(x, self.labels(labels), torch.from_numpy(eps).to(self.device))
         return (recon + self.model.cfg.beta * kl).mean(), len(x)
 
@@ -202,24 +210,35 @@ class GANTask(_ImageTask):
     # d_real / d_fake: mean discriminator scores (val: held-out images vs EMA samples).
     metric_names = ("loss", "d_loss", "g_loss", "d_real", "d_fake")
 
+    # Few-shot fine-tuning (genlab.train.finetune_images) may set a differentiable augmentation of every
+    # image D sees: an object with draw(rng, n) and bind(parameters) -> callable (genlab.train.diffaugment).
+    augment = None
+
     def train_batch(self, rng: np.random.Generator):
         images, labels = self.data.train.batch(rng, self.batch_size)
         z = rng.standard_normal((2, self.batch_size, self.model.cfg.latent_dim), dtype=np.float32)
-        return images, labels, z[0], z[1]  # z for the D pass, z for the G pass
+        if self.augment is None:
+            return images, labels, z[0], z[1]  # z for the D pass, z for the G pass
+        # Drawn after z, so the rest of the stream is what it is without augmentation. One set for
+        # the D pass's real and fake images together, one for the G pass's fakes.
+        return (images, labels, z[0], z[1], self.augment.draw(rng, 2 * self.batch_size),
+                self.augment.draw(rng, self.batch_size))
 
     def optimizers(self, model: GAN, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         def adam(params, lr_scale: float) -> torch.optim.Optimizer:
-            return torch.optim.Adam([{"params": list(params), "lr_scale": lr_scale}], lr=cfg.lr, betas=cfg.betas,
-                                    weight_decay=cfg.weight_decay)
+            # Frozen parameters (FreezeD in few-shot fine-tuning) stay out of the optimizer.
+            return torch.optim.Adam([{"params": [p for p in params if p.requires_grad], "lr_scale": lr_scale}],
+                                    lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
         return {"optimizer_d": adam(model.discriminator.parameters(), model.cfg.d_lr_mult),
                 "optimizer_g": adam(model.generator.parameters(), 1.0)}
 
     def _tensors(self, batch):
-        images, labels, z_d, z_g = batch
+        images, labels, z_d, z_g, *aug = batch
         dev = self.device
+        aug_d, aug_g = (self.augment.bind(a) for a in aug) if aug else (None, None)
         return (self.pixels(images).mul_(2).sub_(1), self.labels(labels),
-                torch.from_numpy(z_d).to(dev), torch.from_numpy(z_g).to(dev))
+                torch.from_numpy(z_d).to(dev), torch.from_numpy(z_g).to(dev), aug_d, aug_g)
 
     def train_step(self, ctx: StepContext) -> tuple[dict[str, float], int]:
         accum, cfg = ctx.grad_accum, self.model.cfg
@@ -229,11 +248,11 @@ class GANTask(_ImageTask):
             # The generator's update also leaves gradients on D (its loss runs through D): drop them.
             ctx.optimizers["optimizer_d"].zero_grad(set_to_none=True)
             for micro in range(accum):
-                real, labels, z_d, z_g = batch = self._tensors(ctx.batch(d_iter * accum + micro))
+                real, labels, z_d, z_g, aug_d, _ = batch = self._tensors(ctx.batch(d_iter * accum + micro))
                 if d_iter == 0:
                     first.append(batch)
                 with ctx.sync(micro), ctx.autocast():
-                    s_real, s_fake = ctx.model("d", z_d, labels, real)
+                    s_real, s_fake = ctx.model("d", z_d, labels, real, aug_d)
                     loss = F.relu(1 - s_real.float()).mean() + F.relu(1 + s_fake.float()).mean()
                 ctx.backward(loss / accum)
                 scale = 1.0 / (accum * cfg.d_steps)
@@ -244,17 +263,19 @@ class GANTask(_ImageTask):
         g_loss = 0.0
         # The generator's loss runs through D, but D's weight gradients from it would only be dropped
         # (D's next update starts with zero_grad): freezing D skips computing them.
-        discriminator = runs.unwrap(ctx.model).discriminator
-        discriminator.requires_grad_(False)
+        trainable = [p for p in runs.unwrap(ctx.model).discriminator.parameters() if p.requires_grad]
+        for p in trainable:  # (only these: layers frozen by FreezeD stay frozen)
+            p.requires_grad_(False)
         try:
-            for micro, (_, labels, _, z_g) in enumerate(first):
+            for micro, (_, labels, _, z_g, _, aug_g) in enumerate(first):
                 with ctx.sync(micro), ctx.autocast():
-                    (s_gen,) = ctx.model("g", z_g, labels)
+                    (s_gen,) = ctx.model("g", z_g, labels, None, aug_g)
                     loss = -s_gen.float().mean()
                 ctx.backward(loss / accum)
                 g_loss += loss.item() / accum
         finally:
-            discriminator.requires_grad_(True)
+            for p in trainable:
+                p.requires_grad_(True)
         ctx.step_optimizer("optimizer_g")
         runs.unwrap(ctx.model).update_ema()
         values = {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss, "d_real": d_real,
