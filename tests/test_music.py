@@ -369,6 +369,7 @@ def test_studio_bundle_with_music(trained_run, music_run, tmp_path, monkeypatch)
 
     import symusic
 
+    from genlab.generate.speech import SpeechOptions
     from genlab.safety.bundle import StudioSafety
     from genlab.safety.provenance import Signer, init_keys, verify_asset
     from genlab.studio.pipeline import StudioRequest, load_studio
@@ -415,17 +416,120 @@ def test_studio_bundle_with_music(trained_run, music_run, tmp_path, monkeypatch)
     assert c.manifest["assets"]["music/music.mid"] == m["assets"]["music/music.mid"]
     assert "data:audio/wav" not in (c.folder / "index.html").read_text()
 
-    # Signed bundles: the music's WAV carries C2PA credentials like the narration (MIDI: the manifest's hash).
+    # With a narration: soundtrack.wav, the music under the narration (check_soundtrack measures it).
+    told = replace(req, narrate=True, speech=SpeechOptions(backend="espeak"))
+    n = studio.make(told, tmp_path / "n")
+    assert {"narration.wav", "music/music.wav", "soundtrack.wav"} <= set(n.manifest["assets"])
+    check_soundtrack(n.folder, n.manifest)
+    page = (n.folder / "index.html").read_text()
+    assert base64.b64encode((n.folder / "soundtrack.wav").read_bytes()).decode() in page
+    assert 'href="narration.wav"' in page and 'href="music/music.wav"' in page
+    assert studio.make(told, tmp_path / "n2").manifest["assets"]["soundtrack.wav"] == n.manifest["assets"]["soundtrack.wav"]
+    nomix = studio.make(replace(told, mix=False), tmp_path / "nomix")  # --no-mix
+    assert "soundtrack.wav" not in nomix.manifest["assets"] and nomix.manifest["mix"] is None
+    assert nomix.manifest["music"]["mix_skipped"] == "mix off" and nomix.manifest["music"]["soundtrack"] is None
+    assert m["mix"] is None and m["music"]["mix_skipped"] == "no narration"
+
+    # Signed bundles: the music's WAV and the soundtrack carry C2PA credentials like the narration (MIDI: the
+    # manifest's hash).
     init_keys(tmp_path / "keys")
     studio.safety = StudioSafety(signer=Signer.load(tmp_path / "keys"))
-    s = studio.make(req, tmp_path / "s")
-    assert s.manifest["credentials"]["signed"] and "music/music.wav" in s.manifest["credentials"]["embedded"]
-    creds = verify_asset("music/music.wav", (s.folder / "music/music.wav").read_bytes(), trust=tmp_path / "keys/ca.pem")
-    assert creds.intact and json.loads(json.dumps(creds.record))["seeds"]["music"] == 7
+    s = studio.make(told, tmp_path / "s")
+    assert s.manifest["credentials"]["signed"]
+    assert {"music/music.wav", "soundtrack.wav", "narration.wav"} <= set(s.manifest["credentials"]["embedded"])
+    for name in ("music/music.wav", "soundtrack.wav"):
+        creds = verify_asset(name, (s.folder / name).read_bytes(), trust=tmp_path / "keys/ca.pem")
+        assert creds.intact and json.loads(json.dumps(creds.record))["seeds"]["music"] == 7
+    check_soundtrack(s.folder, s.manifest)  # the credentials' chunk leaves the audio readable
 
     # Without a music run, or with music off, the stage is skipped as before.
     off = studio.make(replace(req, music=False), tmp_path / "off")
     assert off.manifest["music"] is None and "music" not in off.manifest["seeds"]
+
+
+def read_wav(path) -> tuple[np.ndarray, int]:
+    """A 16-bit PCM WAV as (frames x channels floats in [-1, 1], rate)."""
+    with wave.open(str(path)) as w:
+        assert w.getsampwidth() == 2
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64) / 32768
+        return x.reshape(-1, w.getnchannels()), w.getframerate()
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x ** 2))) if len(x) else 0.0
+
+
+def check_soundtrack(folder, manifest) -> None:
+    """soundtrack.wav: the narration's rate and channels, as long as the manifest says (music alone for
+    ``narration_starts`` seconds, the narration, the music's ending); the narration is in it sample for
+    sample, and the music in it (the soundtrack minus the narration), against music.wav itself in 20 ms
+    windows, is audible where no one speaks and about 12 dB lower under speech."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    mix = manifest["mix"]
+    assert mix == manifest["parameters"]["mix"] and mix["file"] == manifest["music"]["soundtrack"] == "soundtrack.wav"
+    track, rate = read_wav(folder / "soundtrack.wav")
+    voice, voice_rate = read_wav(folder / "narration.wav")
+    source, source_rate = read_wav(folder / "music/music.wav")
+    assert rate == voice_rate == mix["sample_rate"] and track.shape[1] == voice.shape[1] == mix["channels"] == 1
+    assert source_rate == mix["music"]["sample_rate"] == 44100 and "resample_poly" in mix["music"]["resampled"]
+    start = round(mix["narration_starts"] * rate)
+    assert start > 0.5 * rate and len(track) == start + len(voice) + round(2.5 * rate)
+    assert abs(len(track) / rate - mix["seconds"]) < 1e-3 and mix["levels_db"]["duck"] == -12
+    assert mix["music"]["plays"] == 1  # this piece is long enough: no loop (test_mix_... loops one)
+    g = gcd(rate, source_rate)
+    source = resample_poly(source.mean(1), rate // g, source_rate // g)
+    music = track[:, 0].copy()
+    music[start:start + len(voice)] -= voice[:, 0] * 10 ** (mix["levels_db"]["output_gain"] / 20)
+    frame = round(0.02 * rate)
+    loud_voice = max(rms(voice[i:i + frame]) for i in range(0, len(voice), frame))
+    speech = [start + i for i in range(0, len(voice) - frame, frame) if rms(voice[i:i + frame]) > loud_voice / 10]
+    assert len(speech) > 10, "the narration has speech"
+    loud_music = max(rms(source[i:i + frame]) for i in range(0, len(source), frame))
+
+    def gains(starts) -> list[float]:  # the music's gain in each window where the source is not quiet
+        return [rms(music[i:i + frame]) / rms(source[i:i + frame]) for i in starts
+                if i + frame <= len(source) and rms(source[i:i + frame]) > loud_music / 4]
+
+    alone = gains(range(round(0.6 * rate), start - frame, frame))  # after the fade-in, before the narration
+    under = gains(speech)
+    assert len(alone) > 5 and len(under) > 5, (len(alone), len(under))
+    assert rms(music[round(0.6 * rate):start]) > 0.005 and rms(track) > 0.005  # audible, not silent
+    ducked = 20 * np.log10(np.median(under) / np.median(alone))
+    assert -15 < ducked < -9, ducked  # -12 dB under speech
+    assert rms(music[-round(0.05 * rate):]) < rms(music[round(0.6 * rate):start]) / 10  # faded out at the end
+
+
+def test_mix_ducks_the_music_under_speech_loops_it_and_fades(tmp_path):
+    """studio.mix on made-up sound: a voice speaking 0.6 s of every 2 s, a 1.2 s stereo tone at 44.1 kHz."""
+    from genlab.studio.mix import MixSettings, mix, wav_bytes
+
+    rate, music_rate = 16000, 44100
+    t = np.arange(8 * rate) / rate
+    voice = 0.3 * np.sin(2 * np.pi * 220 * t) * ((t % 2.0) < 0.6)
+    tm = np.arange(round(1.2 * music_rate)) / music_rate
+    tone = 0.05 * np.stack([np.sin(2 * np.pi * 440 * tm), np.sin(2 * np.pi * 440 * tm)], 1)
+    data, rec = mix(wav_bytes(voice[:, None], rate), wav_bytes(tone, music_rate), MixSettings())
+    (tmp_path / "s.wav").write_bytes(data)
+    track, r = read_wav(tmp_path / "s.wav")
+    start = round(1.5 * rate)
+    assert r == rate and track.shape == (start + len(voice) + round(2.5 * rate), 1)
+    assert rec["music"]["plays"] > 10 and rec["music"]["downmixed"] == "2 channels to 1"
+    music = track[:, 0].copy()
+    music[start:start + len(voice)] -= voice
+    level = [rms(music[start + round(k * rate):start + round((k + 0.1) * rate)]) for k in np.arange(0, 8, 0.1)]
+    speaking = [lv for k, lv in zip(np.arange(0, 8, 0.1), level, strict=True) if 0.1 <= k % 2.0 < 0.5]
+    silent = [lv for k, lv in zip(np.arange(0, 8, 0.1), level, strict=True) if 1.6 <= k % 2.0 < 1.9]
+    assert min(silent) > 0.01  # between phrases the music comes back up ...
+    assert 20 * np.log10(np.median(speaking) / np.median(silent)) == pytest.approx(-12, abs=1.0)  # ... and ducks
+    # the bed is 6 dB under the speech's RMS (0.3 / sqrt(2)), looped without gaps, faded in and out
+    assert 20 * np.log10(np.median(silent) / (0.3 / np.sqrt(2))) == pytest.approx(-6, abs=1.0)
+    assert rms(music[:round(0.05 * rate)]) < rms(music[round(0.6 * rate):start]) / 4
+    assert rms(music[-round(0.05 * rate):]) < 0.002
+    loud = np.abs(track).max()
+    assert loud <= 0.97 + 1e-4
 
 
 def test_music_endpoint_on_a_real_server(music_run, tmp_path):
@@ -483,6 +587,8 @@ def test_music_request_bad_inputs(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "400")
     assert "music bars must be between 1 and 32" in main_error(monkeypatch, capsys, "studio", "make", "x",
                                                                "--music-bars", 40)
+    assert "music bars must be between 1 and 32" in main_error(monkeypatch, capsys, "studio", "make", "x",
+                                                               "--no-mix", "--music-bars", 40)  # --no-mix parses
 
 
 @pytest.mark.skipif(shutil.which("/usr/bin/chromium") is None, reason="Debian's chromium is not installed")

@@ -16,9 +16,10 @@ Stages, each reported to a progress callback: text -> illustration -> narration 
 - narration: title and article read by studio's speech back end (generate.speech).
 - music: with a music run (``Studio.music``, studio.music), a short four-part piece of
   ``music_bars`` bars in ``music_key`` (else a key chosen from the prompt), seed + 2: music/music.mid
-  and, when FluidSynth and its soundfont are here, music/music.wav (else the manifest says why not).
+  and, when FluidSynth and its soundfont are here, music/music.wav (else the manifest says why not);
+  with a narration too, soundtrack.wav: the music mixed under the narration (studio.mix; ``mix``).
 - bundle: index.html (self-contained: image and audio as data URIs), article.md, images/,
-  narration.wav, music/, manifest.json; then bundle.zip. Everything is built in a temp folder and renamed
+  narration.wav, music/, soundtrack.wav, manifest.json; then bundle.zip. Everything is built in a temp folder and renamed
   into place, so a bundle is never half-written.
 
 Reproducibility: the same inputs and seeds give byte-identical assets (the manifest's sha256 of
@@ -44,7 +45,7 @@ import numpy as np
 
 import genlab
 from genlab import runs
-from genlab.errors import ConfigError, DataError
+from genlab.errors import ConfigError, DataError, GenlabError
 from genlab.generate.images import ImageGenerator, png_bytes, slug, upscale
 from genlab.generate.speech import SpeechOptions, synthesize
 from genlab.generate.text import SamplingOptions
@@ -53,6 +54,7 @@ from genlab.safety import quality as qgate
 from genlab.safety.bundle import StudioSafety
 from genlab.studio.backends import GenlabTextBackend, TextBackend, run_record
 from genlab.studio.labels import LabelChoice, pick_label
+from genlab.studio.mix import SOUNDTRACK, MixSettings, mix
 from genlab.studio.music import DEFAULT_BARS, StudioMusic, check_bars, parse_music_key
 
 STAGES = ("text", "illustration", "narration", "music", "bundle")
@@ -85,6 +87,7 @@ class StudioRequest:
     music: bool = True  # with a music run: a piece in the bundle (seed + 2)
     music_bars: int = DEFAULT_BARS
     music_key: str | None = None  # e.g. "D major"; None: chosen from the prompt
+    mix: bool = True  # with narration and music: soundtrack.wav, the music ducked under the narration
 
     def validate(self) -> None:
         if not self.prompt.strip():
@@ -344,7 +347,7 @@ class Studio:
             stage("narration", "skipped", reason="narration off")
         params["narration"] = req.speech.to_dict() if req.narrate else None
 
-        music_record = None
+        music_record = mix_record = None
         if self.music is not None and req.music:
             t = time.perf_counter()
             stage("music", "running")
@@ -355,13 +358,23 @@ class Studio:
                 files["music/music.wav"] = made.wav
             music_record = {**made.record, "midi": "music/music.mid",
                             "wav": "music/music.wav" if made.wav is not None else None}
+            mix_skipped = ("mix off" if not req.mix else "no narration" if "narration.wav" not in files
+                           else "no music WAV" if made.wav is None else None)
+            if mix_skipped is None:  # the music under the narration (the separate files stay)
+                try:
+                    files[SOUNDTRACK], mix_record = mix(files["narration.wav"], made.wav, MixSettings())
+                except GenlabError as e:  # a silent narration or music: the bundle ships without the mix
+                    mix_skipped = str(e)
+            music_record.update(soundtrack=SOUNDTRACK if mix_record else None, mix_skipped=mix_skipped)
             models.append(run_record(self.music.run, "music"))
             timings["music"] = time.perf_counter() - t
             stage("music", "done", seconds=round(timings["music"], 3), key=music_record["key"],
-                  **({"wav": "skipped: " + made.wav_skipped} if made.wav is None else {}))
+                  **({"wav": "skipped: " + made.wav_skipped} if made.wav is None else {}),
+                  **({"mix": SOUNDTRACK} if mix_record else {}))
         else:
             stage("music", "skipped", reason="no music model" if self.music is None else "music off")
         params["music"] = music_record
+        params["mix"] = mix_record
         seeds = {"text": req.seed, "illustration": req.seed + 1, **({"music": req.seed + 2} if music_record else {})}
 
         t = time.perf_counter()
@@ -373,12 +386,14 @@ class Studio:
             "seeds": seeds, "watermarks": marks,
             "article_sha256": sha256_bytes(files["article.md"])})
         files["index.html"] = render_html(title, body, files.get("images/illustration.png"),
-                                          files.get("narration.wav"), files.get("music/music.wav")).encode()
+                                          files.get("narration.wav"), files.get("music/music.wav"),
+                                          files.get(SOUNDTRACK)).encode()
         manifest = {
             "format": FORMAT, "genlab_version": genlab.__version__, "prompt": req.prompt, "title": title,
             "request": req.to_dict(), "models": models, "parameters": params,
             "seeds": seeds,
-            "music": music_record, "timings": timings, "watermarks": marks, "credentials": credentials,
+            "music": music_record, "mix": mix_record, "timings": timings, "watermarks": marks,
+            "credentials": credentials,
             "assets": {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in sorted(files.items())},
         }
         # The bundle stage's own time covers rendering; the final write cannot time itself.
@@ -390,14 +405,21 @@ class Studio:
         return Bundle(out, zip_path, manifest)
 
 
-def render_html(title: str, body: str, image: bytes | None, audio: bytes | None, music: bytes | None = None) -> str:
-    """One self-contained page: no external file, no script, so it opens anywhere (even offline)."""
+def render_html(title: str, body: str, image: bytes | None, audio: bytes | None, music: bytes | None = None,
+                soundtrack: bytes | None = None) -> str:
+    """One self-contained page: no external file, no script, so it opens anywhere (even offline).
+    With a soundtrack (the music under the narration) the page plays that one and links the separate
+    narration and music files (embedding all three would triple the page's size)."""
     paras = "\n".join(f"<p>{html.escape(p.strip())}</p>" for p in re.split(r"\n\s*\n", body) if p.strip())
     img = (f'<img alt="illustration" src="data:image/png;base64,{base64.b64encode(image).decode()}">'
            if image else "")
     snd = (f'<audio controls src="data:audio/wav;base64,{base64.b64encode(audio).decode()}"></audio>'
            if audio else "")
-    if music:
+    if soundtrack:
+        snd = ('<figure class="soundtrack"><figcaption>Narration with music (<a href="narration.wav">narration '
+               'alone</a>, <a href="music/music.wav">music alone</a>)</figcaption><audio controls '
+               f'src="data:audio/wav;base64,{base64.b64encode(soundtrack).decode()}"></audio></figure>')
+    elif music:
         snd += ('\n<figure class="music"><figcaption>Music</figcaption><audio controls '
                 f'src="data:audio/wav;base64,{base64.b64encode(music).decode()}"></audio></figure>')
     return f"""<!doctype html>
@@ -408,7 +430,7 @@ body {{ font: 18px/1.6 Georgia, serif; max-width: 42rem; margin: 3rem auto; padd
 h1 {{ font: 700 2rem/1.2 system-ui, sans-serif; }}
 img {{ width: 16rem; image-rendering: pixelated; border-radius: 8px; float: right; margin: 0 0 1rem 1.5rem; }}
 audio {{ width: 100%; margin: 1rem 0; }}
-figure.music {{ margin: 0; }} figure.music figcaption {{ font: 0.8rem system-ui, sans-serif; color: #777; }}
+figure {{ margin: 0; }} figcaption {{ font: 0.8rem system-ui, sans-serif; color: #777; }}
 footer {{ clear: both; color: #777; font-size: 0.8rem; margin-top: 2rem; }}
 </style></head>
 <body><article><h1>{html.escape(title)}</h1>

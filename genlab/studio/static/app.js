@@ -74,6 +74,12 @@ async function showJob(job) {
   const music = $("music");  // with the server's --music-run
   music.hidden = !manifest.assets["music/music.wav"];
   if (!music.hidden) music.src = await blobUrl(`/v1/studio/jobs/${job.id}/files/music/music.wav`);
+  const mixed = $("soundtrack");  // narration and music: one player for the mix (the bundle keeps both files)
+  mixed.hidden = !manifest.assets["soundtrack.wav"];
+  if (!mixed.hidden) {
+    mixed.src = await blobUrl(`/v1/studio/jobs/${job.id}/files/soundtrack.wav`);
+    audio.hidden = true; music.hidden = true;
+  }
   const link = $("download");
   link.href = await blobUrl(`/v1/studio/jobs/${job.id}/bundle`);
   link.download = `genlab-studio-${job.id.slice(0, 8)}.zip`;
@@ -84,7 +90,7 @@ async function make(ev) {
   ev.preventDefault();
   $("error").hidden = true; $("go").disabled = true;
   $("result").hidden = false; $("article").textContent = ""; $("title").textContent = $("prompt").value;
-  $("illustration").hidden = true; $("narration").hidden = true; $("music").hidden = true;
+  $("illustration").hidden = true; $("narration").hidden = true; $("music").hidden = true; $("soundtrack").hidden = true;
   $("download").hidden = true;
   const status = {}; showStages(status);
   try {
