@@ -237,3 +237,34 @@ def test_studio_and_animate_use_the_upscaler(trained_run, gan_run, upscale_run, 
     assert code == 0, err
     with Image.open(tmp_path / "walk.gif") as gif:
         assert gif.n_frames == 4 and gif.size == (2 * (2 + 2 * 18), 2 * (2 + 2 * 18))
+
+
+def test_onnx_export_matches_pytorch_and_upscales_files(upscale_run, tmp_path, monkeypatch, capsys):
+    """`genlab export --format onnx` on an upscale run: one graph for any frame size, onnxruntime equal to
+    PyTorch within float rounding, and the .onnx file works wherever a run does (genlab upscale)."""
+    pytest.importorskip("onnxruntime")
+    onnx_path = tmp_path / "up2.onnx"
+    code, out, err = cli(["export", str(upscale_run), "--format", "onnx", "--out", str(onnx_path)], monkeypatch, capsys)
+    assert code == 0, err
+    assert (out + err).count("onnxruntime vs PyTorch") == 2, out + err  # two frame sizes, one not square
+    exported = ImageUpscaler.from_run(onnx_path)
+    torch_up = ImageUpscaler.from_run(upscale_run, device="cpu")
+    assert (exported.scale, exported.channels) == (torch_up.scale, torch_up.channels)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 19, 30, 1), dtype=np.uint8)
+    a, b = exported.apply(frames), torch_up.apply(frames)
+    assert a.shape == (2, 38, 60, 1) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    # Large frames go through the same tiling as with PyTorch.
+    exported.tile = torch_up.tile = 12
+    assert np.abs(exported.apply(frames).astype(int) - b.astype(int)).max() <= 1
+
+    Image.fromarray(frames[0, :, :, 0]).save(tmp_path / "in.png")
+    code, out, err = cli(["upscale", str(onnx_path), str(tmp_path / "in.png"), "--out", str(tmp_path / "big.png")],
+                         monkeypatch, capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "big.png").size == (60, 38)
+    # An ONNX file that is not an upscaler: one line, exit 2.
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    code, out, err = cli(["upscale", str(tmp_path / "junk.onnx"), str(tmp_path / "in.png"), "--out",
+                          str(tmp_path / "x.png")], monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err

@@ -169,7 +169,8 @@ def reconstruct_cmd(
 
 
 def upscale_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory of a trained upscaler (genlab train upscale).")],
+    run: Annotated[Path, typer.Argument(help="Run directory of a trained upscaler (genlab train upscale), or its "
+                                             "ONNX export (genlab export RUN --format onnx).")],
     input_path: Annotated[Path, typer.Argument(metavar="IN", help="A .png, .jpg, .gif or .mp4 file.")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write: the same kind of file as IN.")],
     scale: Annotated[int, typer.Option(help="Enlargement: the run's scale (default) or a power of it (the run "

@@ -1,4 +1,5 @@
-"""ONNX export: the LM with a KV cache, or a GAN/VAE generator (genlab.runtimes.onnx runs the LM).
+"""ONNX export: the LM with a KV cache, a GAN/VAE generator, or an upscaler (genlab.runtimes.onnx runs
+the LM; `genlab upscale FILE.onnx` runs an exported upscaler).
 
 One graph serves prefill and decode:
 
@@ -43,7 +44,7 @@ from genlab.export.common import (
 )
 from genlab.models.transformer import Cache, LMConfig, Transformer
 from genlab.quiet import quiet
-from genlab.runtimes.onnx import IMAGE_FORMAT, LM_FORMAT, OnnxRunner, kv_names, session
+from genlab.runtimes.onnx import IMAGE_FORMAT, LM_FORMAT, UPSCALE_FORMAT, OnnxRunner, kv_names, session
 from genlab.runtimes.pytorch import load_float_model
 
 OPSET = 18
@@ -151,8 +152,11 @@ def export_onnx(run: str | Path, out: str | Path, int8: bool = False, overwrite:
     run, out = Path(run), Path(out)
     if out.suffix != ".onnx":
         raise ExportError(f"--out for onnx must end in .onnx (got '{out}')")
-    if runs.read_config(run)["family"] in ("gan", "vae"):
+    family = runs.read_config(run)["family"]
+    if family in ("gan", "vae"):
         return export_image_onnx(run, out, int8=int8, overwrite=overwrite, log=log)
+    if family == "upscale":
+        return export_upscale_onnx(run, out, int8=int8, overwrite=overwrite, log=log)
     model, _ = load_float_model(run)
     with runs.staged_file(out, overwrite, ExportError) as tmp, tempfile.TemporaryDirectory(dir=out.parent) as work:
         traced = Path(work) / "model.onnx"
@@ -218,11 +222,55 @@ def export_image_onnx(run: Path, out: Path, int8: bool = False, overwrite: bool 
     return ExportReport("onnx", out, [out], [parity])
 
 
+# ---- upscalers ----------------------------------------------------------------------------------------
+
+def export_upscale_onnx(run: Path, out: Path, int8: bool = False, overwrite: bool = False,
+                        log=print) -> ExportReport:
+    """The super-resolution network (bicubic plus the learned residual) as one fully convolutional graph,
+    ``low (batch, channels, height, width)`` -> ``high (batch, channels, height * s, width * s)``, pixels in
+    [0, 1] and not clamped, every dimension dynamic. Parity: onnxruntime against PyTorch on two sizes
+    (one square, one not), as the graph must hold for any frame it is given."""
+    from genlab.export.image import LOW_PRECISION_PIXEL_TOLERANCE, PIXEL_TOLERANCE, image_parity
+    from genlab.generate.upscale import ImageUpscaler
+
+    _require_onnx()
+    up = ImageUpscaler.from_run(run, device="cpu")
+    model, cfg = up.model, up.model.cfg
+    g = torch.Generator().manual_seed(0)
+    probe = torch.rand(2, cfg.channels, 20, 24, generator=g)
+    dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=4, max=8192),
+            3: torch.export.Dim("width", min=4, max=8192)}
+    with runs.staged_file(out, overwrite, ExportError) as tmp, tempfile.TemporaryDirectory(dir=out.parent) as work:
+        traced = Path(work) / "model.onnx"
+        _export_graph(model, (probe,), {"x": dims}, ["low"], ["high"], traced)
+        if int8:
+            _int8(traced, Path(work) / "int8.onnx")
+            traced = Path(work) / "int8.onnx"
+        meta = {"format": UPSCALE_FORMAT, "genlab_version": genlab.__version__, "family": "upscale", "int8": int8,
+                "model": cfg.to_dict(), "pixel_range": [0.0, 1.0]}
+        _stamp(traced, {"genlab.config": json.dumps(meta)})
+        os.replace(traced, tmp)
+        sess = session(tmp)
+        tolerance = LOW_PRECISION_PIXEL_TOLERANCE if int8 else PIXEL_TOLERANCE
+        parities = []
+        for shape in ((3, cfg.channels, 16, 16), (1, cfg.channels, 23, 37)):
+            x = torch.rand(*shape, generator=g)
+            with torch.no_grad():
+                ref = model(x)
+            got = sess.run(None, {"low": x.numpy()})[0]
+            parities.append(image_parity(ref, got, f"onnxruntime{' int8' if int8 else ''} vs PyTorch, "
+                                                   f"{shape[0]} x {shape[2]}x{shape[3]} px", tolerance))
+            log(parities[-1].line())
+        for parity in parities:
+            parity.check()
+    return ExportReport("onnx", out, [out], parities)
+
+
 def _default_name(run: Path, opts: ExportOptions) -> str:
     return f"{run.name}{'-int8' if opts.int8 else ''}.onnx"
 
 
 EXPORTER = Exporter(
-    name="onnx", summary="one .onnx file for onnxruntime (LM with KV cache, or image generator)",
-    families=("lm", "gan", "vae"), options=("int8",), default_name=_default_name,
+    name="onnx", summary="one .onnx file for onnxruntime (LM with KV cache, image generator, or upscaler)",
+    families=("lm", "gan", "vae", "upscale"), options=("int8",), default_name=_default_name,
     export=lambda run, out, opts, overwrite, log: export_onnx(run, out, opts.int8, overwrite, log))

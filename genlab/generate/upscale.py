@@ -10,6 +10,8 @@
 - ``enlarge(image, factor)``: the network as many times as its scale fits into ``factor``
   (2x applied three times for 8x), then bicubic for what is left (28 px -> 224 by the network,
   -> 280 by bicubic for a factor of 10).
+- An exported upscaler (``genlab export RUN --format onnx``) runs in onnxruntime through the same
+  class: ``ImageUpscaler.from_run`` takes a run directory or the ``.onnx`` file.
 - ``upscale_file``: PNG/JPEG pictures, GIFs (every frame, its duration and the loop count kept)
   and MP4s (every frame, the frame rate and any audio track kept), written to a temp file beside
   the output and renamed into place.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import shutil
@@ -55,6 +58,9 @@ class ImageUpscaler:
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto") -> ImageUpscaler:
+        """A run directory, or an upscaler exported to ONNX (which runs in onnxruntime on the CPU)."""
+        if Path(run).suffix.lower() == ".onnx":
+            return cls(OnnxUpscaleNet(Path(run)), Path(run))
         cfg = runs.read_config(run)
         if cfg["family"] != FAMILY:
             raise RunError(f"run '{run}' holds a {cfg['family']} model, not an upscaler; train one with "
@@ -73,7 +79,8 @@ class ImageUpscaler:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
 
     # ---- one pass ----
 
@@ -158,6 +165,28 @@ class ImageUpscaler:
         passes, rest = self.plan(factor)
         return {"method": "upscale-run", "run": self.run.name if self.run else None, "scale": self.scale, "channels": self.channels,
                 "factor": factor, "passes": passes, "finish": "bicubic" if rest else None}
+
+
+class OnnxUpscaleNet(torch.nn.Module):
+    """An exported upscaler behind the network's call: (N, C, h, w) in [0, 1] -> (N, C, h*s, w*s)."""
+
+    def __init__(self, path: Path) -> None:
+        from genlab.runtimes.onnx import UPSCALE_FORMAT, session
+
+        super().__init__()
+        if not path.is_file():
+            raise RunError(f"'{path}' does not exist; export an upscale run with "
+                           f"`genlab export RUN --format onnx --out {path}`")
+        self.session = session(path)
+        meta = json.loads(self.session.get_modelmeta().custom_metadata_map.get("genlab.config", "{}"))
+        if meta.get("format") != UPSCALE_FORMAT:
+            raise RunError(f"'{path}' is not an exported genlab upscaler (format {meta.get('format')!r})")
+        self.cfg = UpscaleConfig.from_dict(meta["model"])
+        self.int8 = bool(meta.get("int8"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = x.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {"low": low})[0])
 
 
 def resize_bicubic(image: np.ndarray, width: int, height: int) -> np.ndarray:

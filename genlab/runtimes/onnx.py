@@ -21,6 +21,7 @@ NAME = "onnxruntime"
 ARTIFACT = "a genlab .onnx export"
 LM_FORMAT = "genlab-lm-kv/1"
 IMAGE_FORMAT = "genlab-image/1"
+UPSCALE_FORMAT = "genlab-upscale/1"  # low (N, C, h, w) -> high (N, C, h*s, w*s); run by genlab.generate.upscale
 
 
 def detect(path: Path) -> bool:
@@ -77,6 +78,9 @@ class OnnxRunner:
         if self.meta.get("format") == IMAGE_FORMAT:
             raise RunError(f"{path} holds an exported image {self.meta.get('family')} (z, labels -> images), not a "
                            f"language model; run it with onnxruntime")
+        if self.meta.get("format") == UPSCALE_FORMAT:
+            raise RunError(f"{path} holds an exported upscaler, not a language model; run it with "
+                           f"`genlab upscale {path} IN --out OUT`")
         if self.meta.get("format") != LM_FORMAT:
             raise RunError(f"{path}: unsupported genlab ONNX format {self.meta.get('format')!r}")
         self.cfg = LMConfig.from_dict(self.meta["model"])

@@ -49,6 +49,9 @@ def run_record(run: Path, role: str) -> dict:
     from genlab.train.finetune import ADAPTER, lora_section
 
     run = Path(run)
+    if run.is_file():  # an exported model (e.g. an upscaler's .onnx): the file is the model
+        return {"role": role, "kind": "genlab-export", "file": run.name, "path": str(run.resolve()),
+                "sha256": runs.file_sha256(run)}
     cfg = runs.read_config(run)
     record = {"role": role, "kind": "genlab-run", "run": run.name, "path": str(run.resolve()),
               "family": cfg["family"], "config_sha256": config_fingerprint(run / runs.CONFIG)}
