@@ -84,15 +84,17 @@ def _eval_music(run: Path, data: list[str] | None, as_json: bool, device: str, p
     if pieces:
         st = res["statistics"]
         out.print(f"{'':10} {'pieces':>6} {'notes':>6} {'in key':>7} {'in range':>8} {'5ths/100':>8} {'8ves/100':>8}"
-                  f" {'pc dist':>7} {'rhythm':>7}")
+                  f" {'pc dist':>7} {'rhythm':>7} {'fermatas':>8} {'/4 bars':>7}")
         for name in ("test", "generated", "baseline"):
             r = st[name]
             out.print(f"{name:10} {r['pieces']:>6} {r['notes']:>6} {r['in_key']:>7.1%} {r['in_range']:>8.1%} "
                       f"{r['parallel_fifths_per_100']:>8.2f} {r['parallel_octaves_per_100']:>8.2f} "
-                      f"{r.get('pitch_class_distance', 0):>7.3f} {r.get('rhythm_distance', 0):>7.3f}",
+                      f"{r.get('pitch_class_distance', 0):>7.3f} {r.get('rhythm_distance', 0):>7.3f} "
+                      f"{r['fermatas_per_piece']:>8.2f} {r['fermatas_per_4_bars']:>7.2f}",
                       markup=False, highlight=False)
         out.print("(parallels per 100 voice-leading steps; distances: total variation of the pitch-class and "
-                  "duration histograms to the test pieces'; baseline: notes drawn from the training histograms)")
+                  "duration histograms to the test pieces'; fermatas per piece and per 4 bars (test pieces are "
+                  "whole, generated ones --bars long); baseline: notes drawn from the training histograms)")
         for name, d in st["discriminator"].items():
             if d["accuracy"] is None:
                 out.print(f"real vs {name}: no discriminator figure ({d['skipped']})", markup=False, highlight=False)

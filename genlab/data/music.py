@@ -3,8 +3,9 @@
 
 Tokens (docs/music.md says why): miditok's REMI with one ``Program`` per voice (0 soprano, 1 alto,
 2 tenor, 3 bass) in a single stream, ``Bar``/``TimeSig``/``Position`` for time, ``Pitch`` and
-``Duration`` per note, no velocities. genlab adds 24 key tokens after miditok's vocabulary. A
-piece is ``BOS, Key, REMI..., EOS``. Pieces are the unit of the train/validation/test split.
+``Duration`` per note, no velocities. genlab adds 24 key tokens and one ``Fermata`` token after
+miditok's vocabulary; a fermata follows the ``Position`` of the chord it holds. A piece is
+``BOS, Key, REMI..., EOS``. Pieces are the unit of the train/validation/test split.
 
 Transposition is training-time augmentation: each piece records the semitone shifts that keep all
 four voices within their ranges (``VOICE_RANGES``), and ``shift_table`` maps token ids for a shift
@@ -28,7 +29,7 @@ from genlab.data.prepare import Prepared, cache_root
 from genlab.errors import ConfigError, DataError
 from genlab.jsonconfig import JsonConfig
 
-FORMAT_VERSION = 2  # 2: the split is seeded by the files' contents only
+FORMAT_VERSION = 3  # 2: the split is seeded by the files' contents only; 3: fermata tokens
 VOICES = ("soprano", "alto", "tenor", "bass")
 # What each voice sings (MIDI numbers), a little wider than the textbook ranges, as Bach writes:
 # soprano C4-A5, alto F3-D5, tenor C3-A4, bass C2-D4 (E2 in most chorales).
@@ -60,6 +61,7 @@ class Piece:
     voices: list[list[Note]]  # always four lists (a missing voice is empty)
     time_signature: tuple[int, int] = (4, 4)
     key: tuple[int, str] = (0, "major")  # tonic pitch class, mode
+    fermatas: list[float] = field(default_factory=list)  # onsets (quarter notes) of the chords held by a fermata
 
     @property
     def n_notes(self) -> int:
@@ -112,13 +114,19 @@ def new_tokenizer():
 
 
 class MusicVocab:
-    """miditok's REMI vocabulary plus genlab's 24 key tokens (``Key_<pc>_<mode>``), with the token
-    classes that sampling, detokenizing and transposition need."""
+    """miditok's REMI vocabulary plus genlab's 24 key tokens (``Key_<pc>_<mode>``) and the ``Fermata``
+    token, with the token classes that sampling, detokenizing and transposition need.
 
-    def __init__(self, tokenizer) -> None:
+    genlab's own tokens live after miditok's ids rather than in miditok's vocabulary (its
+    ``add_to_vocab``): miditok's decoder would not know what to do with them, and the saved tokenizer
+    file stays miditok's own. ``fermatas=False`` is the vocabulary of runs made before the fermata
+    token (data format 2): the same ids without it."""
+
+    def __init__(self, tokenizer, fermatas: bool = True) -> None:
         self.tokenizer = tokenizer
         self.base = len(tokenizer)
-        self.size = self.base + 24
+        self.fermata = self.base + 24 if fermatas else None
+        self.size = self.base + 24 + (1 if fermatas else 0)
         vocab = tokenizer.vocab
         self.names = [""] * self.size
         for name, i in vocab.items():
@@ -126,6 +134,8 @@ class MusicVocab:
         for pc in range(12):
             for mode in MODES:
                 self.names[self.key_id((pc, mode))] = f"Key_{PITCH_NAMES[pc]}_{mode}"
+        if self.fermata is not None:
+            self.names[self.fermata] = "Fermata"
         self.bos, self.eos, self.pad = vocab["BOS_None"], vocab["EOS_None"], vocab["PAD_None"]
         self.bar = vocab["Bar_None"]
         self.pitch = {int(n.split("_")[1]): i for n, i in vocab.items() if n.startswith("Pitch_")}
@@ -135,12 +145,12 @@ class MusicVocab:
         self.time_sig = {n: i for n, i in vocab.items() if n.startswith("TimeSig_")}
 
     @classmethod
-    def load(cls, path: Path) -> MusicVocab:
+    def load(cls, path: Path, fermatas: bool = True) -> MusicVocab:
         import miditok
 
         if not Path(path).is_file():
             raise DataError(f"{path} is missing; the run or data has no music tokenizer")
-        return cls(miditok.REMI(params=Path(path)))
+        return cls(miditok.REMI(params=Path(path)), fermatas=fermatas)
 
     def save(self, path: Path) -> None:
         self.tokenizer.save(Path(path))
@@ -149,7 +159,7 @@ class MusicVocab:
         return self.base + 2 * (key[0] % 12) + MODES.index(key[1])
 
     def key_of(self, token: int) -> tuple[int, str] | None:
-        if self.base <= token < self.size:
+        if self.base <= token < self.base + 24:
             return (token - self.base) // 2, MODES[(token - self.base) % 2]
         return None
 
@@ -173,20 +183,57 @@ class MusicVocab:
 
     # -- pieces <-> tokens --
 
+    def position_times(self, ids: list[int]) -> list[float | None]:
+        """For each token, the time (quarter notes from the first bar line) of the ``Position`` it
+        stands at: REMI's own clock, a ``Bar`` per bar (its length from the ``TimeSig`` after it) and
+        ``Position`` in 1/``ticks_per_beat`` of the metre's beat. None before the first position."""
+        out: list[float | None] = []
+        bar_start, num, den, now = None, 4, 4, None
+        for i in ids:
+            name = self.names[i] if 0 <= i < self.size else ""
+            if name == "Bar_None":
+                bar_start = 0.0 if bar_start is None else bar_start + num * 4 / den
+                now = None
+            elif name.startswith("TimeSig_"):
+                num, den = (int(x) for x in name.split("_")[1].split("/"))
+            elif name.startswith("Position_"):
+                now = (bar_start or 0.0) + int(name.split("_")[1]) / self.ticks_per_beat * 4 / den
+            out.append(now)
+        return out
+
     def encode(self, piece: Piece) -> list[int]:
-        """BOS, the key, miditok's REMI tokens of the four voices, EOS."""
+        """BOS, the key, miditok's REMI tokens of the four voices (a ``Fermata`` after the ``Position``
+        of each chord a fermata holds), EOS."""
         ids = self.tokenizer.encode(to_score(piece)).ids
+        if self.fermata is not None and piece.fermatas:
+            times = self.position_times(ids)
+            grid = 0.5 * (4 / 8) / self.ticks_per_beat  # half the finest position step (x/8: a beat is an eighth)
+            starts = [k for k, i in enumerate(ids) if self.names[i].startswith("Position_")]
+            marked = set()
+            for f in piece.fermatas:  # the position nearest the fermata's onset (on the grid it is the same)
+                k = min(starts, key=lambda k: abs(times[k] - f), default=None)
+                if k is not None and abs(times[k] - f) < grid:
+                    marked.add(k)
+            ids = [x for k, i in enumerate(ids) for x in ((i, self.fermata) if k in marked else (i,))]
         return [self.bos, self.key_id(piece.key), *ids, self.eos]
 
     def decode(self, ids: list[int], name: str = "generated") -> Piece:
-        """Token ids (genlab's extra tokens and specials allowed anywhere) -> a Piece."""
+        """Token ids (genlab's extra tokens and specials allowed anywhere) -> a Piece; a ``Fermata``
+        marks the onset of the ``Position`` before it."""
         key = next((k for k in map(self.key_of, ids) if k is not None), (0, "major"))
         core = [i for i in ids if i < self.base and i not in (self.bos, self.eos, self.pad)]
         ts = next((self.names[i].split("_")[1] for i in core if self.names[i].startswith("TimeSig_")), "4/4")
         num, den = (int(x) for x in ts.split("/"))
+        fermatas: list[float] = []
+        if self.fermata is not None and self.fermata in ids:
+            for i, t in zip(ids, self.position_times(ids), strict=True):
+                if i == self.fermata and t is not None and t not in fermatas:
+                    fermatas.append(t)
         if not any(self.names[i].startswith("Pitch_") for i in core):
-            return Piece(name, [[] for _ in VOICES], (num, den), key)
-        return from_score(self.tokenizer.decode(core), name, (num, den), key)
+            return Piece(name, [[] for _ in VOICES], (num, den), key, sorted(fermatas))
+        piece = from_score(self.tokenizer.decode(core), name, (num, den), key)
+        piece.fermatas = sorted(fermatas)
+        return piece
 
 
 def to_score(piece: Piece):
@@ -296,6 +343,7 @@ def read_piece(path: Path, strict: bool = True) -> Piece | None:
                 for p in n.pitches:
                     voices[v].append(Note(float(n.offset) + pickup, float(n.quarterLength), int(p.midi)))
             voices[v].sort(key=lambda n: (n.onset, n.pitch))
+        fermatas = _fermatas(parts, voices, pickup)
         sigs = score.recurse().getElementsByClass("TimeSignature")
         ts = (int(sigs[0].numerator), int(sigs[0].denominator)) if len(sigs) else (4, 4)
     except Exception as e:  # a score music21 parses but cannot walk (damaged ties, odd measures)
@@ -306,7 +354,26 @@ def read_piece(path: Path, strict: bool = True) -> Piece | None:
         key = (int(k.tonic.pitchClass), k.mode if k.mode in MODES else "major")
     except Exception:
         key = (0, "major")
-    return Piece(path.stem, voices, ts, key)
+    return Piece(path.stem, voices, ts, key, fermatas)
+
+
+def _fermatas(parts, voices: list[list[Note]], pickup: float) -> list[float]:
+    """The onsets of the chords a fermata holds. The sign sits on a note of any voice (in the chorales
+    on all four, or on the soprano alone); read before the ties are merged, since it may sit on the
+    second half of a tied note, and moved to the latest onset of any voice at or before it: the chord
+    it holds."""
+    from music21 import expressions
+
+    onsets = sorted({n.onset for v in voices for n in v})
+    out: set[float] = set()
+    for part in parts:
+        for n in part.flatten().notes:
+            if any(isinstance(e, expressions.Fermata) for e in n.expressions):
+                t = float(n.offset) + pickup
+                k = int(np.searchsorted(onsets, t + 1e-9)) - 1
+                if k >= 0:
+                    out.add(onsets[k])
+    return sorted(out)
 
 
 # ---- preparation: token files cached by content fingerprint -----------------------------------------------

@@ -25,6 +25,10 @@ def evaluate_music(run: str | Path, split: str = "test", device: str = "auto", l
         raise DataError(f"split must be test or val (got '{split}')")
     cfg = runs.read_config(run, family="music")
     data = mdata.prepare_music(mdata.MusicDataConfig.from_dict(cfg["data"]["config"]), log=log)  # cached
+    if data.fingerprint != cfg["data"]["fingerprint"] and cfg["model"]["vocab_size"] == data.meta["vocab_size"] - 1:
+        raise RunError(f"the music run '{run}' was trained on genlab's music tokens before fermatas (data format 2), "
+                       "which cannot be prepared any more; train a new run to evaluate (generate music and "
+                       "harmonize still work with it)")
     if data.fingerprint != cfg["data"]["fingerprint"]:
         raise RunError(f"the music run '{run}' was trained on other files than its data now holds; "
                        "evaluate it where its data is unchanged")
@@ -81,9 +85,18 @@ def voice_steps(piece: mdata.Piece):
                 yield a1, a2, b1, b2
 
 
+def piece_bars(piece: mdata.Piece) -> int:
+    """Bars in which a note starts, up to the last (a pickup bar counts as one; a note held past the last
+    bar line makes no new bar)."""
+    bar = piece.time_signature[0] * 4 / piece.time_signature[1]
+    last = max((n.onset for v in piece.voices for n in v), default=0.0)
+    return int(last // bar + 1e-9) + 1
+
+
 def piece_statistics(pieces: list[mdata.Piece]) -> dict:
     """Share of notes in the key and within the voice's range, pitch-class histogram relative to
-    the tonic, duration histogram, parallel fifths and octaves per hundred voice-leading steps."""
+    the tonic, duration histogram, parallel fifths and octaves per hundred voice-leading steps,
+    fermatas per piece and per 4 bars."""
     pcs, durs = np.zeros(12), np.zeros(len(DURATION_BINS))
     notes = in_key = in_range = steps = fifths = octaves = 0
     for p in pieces:
@@ -99,10 +112,13 @@ def piece_statistics(pieces: list[mdata.Piece]) -> dict:
                 in_range += lo <= n.pitch <= hi
         s, f, o = voice_leading(p)
         steps, fifths, octaves = steps + s, fifths + f, octaves + o
+    fermatas, bars = sum(len(p.fermatas) for p in pieces), sum(piece_bars(p) for p in pieces)
     return {"pieces": len(pieces), "notes": notes, "in_key": in_key / max(notes, 1),
             "in_range": in_range / max(notes, 1), "voice_leading_steps": steps,
             "parallel_fifths_per_100": 100 * fifths / max(steps, 1),
             "parallel_octaves_per_100": 100 * octaves / max(steps, 1),
+            "bars": bars, "fermatas": fermatas, "fermatas_per_piece": fermatas / max(len(pieces), 1),
+            "fermatas_per_4_bars": 4 * fermatas / max(bars, 1),
             "pitch_classes": (pcs / max(notes, 1)).round(4).tolist(),
             "durations": (durs / max(notes, 1)).round(4).tolist()}
 
@@ -193,7 +209,8 @@ def excerpts(piece: mdata.Piece, bars: int) -> list[mdata.Piece]:
         lo, hi = k * span, (k + 1) * span
         voices = [[mdata.Note(n.onset - lo, min(n.duration, hi - n.onset), n.pitch) for n in v if lo <= n.onset < hi]
                   for v in piece.voices]
-        out.append(mdata.Piece(f"{piece.name}@{k * bars + 1}", voices, piece.time_signature, piece.key))
+        out.append(mdata.Piece(f"{piece.name}@{k * bars + 1}", voices, piece.time_signature, piece.key,
+                               [f - lo for f in piece.fermatas if lo <= f < hi]))
     return out
 
 

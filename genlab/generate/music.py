@@ -2,11 +2,15 @@
 (symusic), MusicXML (music21), WAV (the FluidSynth program with Debian's General MIDI soundfont)
 and a piano-roll PNG (matplotlib).
 
-Sampling follows REMI's grammar (``Grammar``): a key, then bars of ``TimeSig``, ``Position`` and
-notes (``Program`` = voice, ``Pitch`` within the voice's range, ``Duration``), positions moving
-forward inside the bar, voices in order soprano..bass at each onset, one metre throughout. So every
-sample parses back into four voices. ``harmonize`` uses the same grammar and forces the given
-soprano's notes at their onsets: the model writes alto, tenor and bass around it.
+Sampling follows REMI's grammar (``Grammar``): a key, then bars of ``TimeSig``, ``Position`` (and
+maybe a ``Fermata``) and notes (``Program`` = voice, ``Pitch`` within the voice's range,
+``Duration``), positions moving forward inside the bar, voices in order soprano..bass at each onset,
+one metre throughout. So every sample parses back into four voices. ``harmonize`` uses the same
+grammar and forces the given soprano's notes (and its fermatas) at their onsets: the model writes
+alto, tenor and bass around it.
+
+A fermata is written as a fermata sign on the chord's notes in MusicXML and played (MIDI, WAV) by
+halving the tempo from the chord's onset to the next onset: the chord is held twice as long.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sou
 CHOIR_PROGRAM = 52  # General MIDI "Choir Aahs": what the MIDI file asks a synthesizer to sing with
 RANGE_SLACK = 2  # semitones a sampled voice may go beyond VOICE_RANGES
 DEFAULT_TEMPO = 76.0  # quarter notes per minute
+FERMATA_HOLD = 2.0  # a chord under a fermata sounds this many times its written length
 
 
 # ---- the grammar of a REMI piece ---------------------------------------------------------------------------
@@ -42,6 +47,7 @@ class _Forced:
     pos: int
     pitch: int
     duration: int  # token id
+    fermata: bool = False
 
 
 @dataclass
@@ -93,12 +99,14 @@ class Grammar:
                 return [self.sig_ids[f"TimeSig_{self.time_signature}"]]
             return [i for name, i in self.sig_ids.items()
                     if self.time_signatures is None or name.split("_")[1] in self.time_signatures]
-        if last == "Position":
+        if last in ("Position", "Fermata"):
             pending = self._pending()
             if pending is not None and (pending.bar, pending.pos) == (self.bar, self.pos):
-                return [v.program[0]]
+                return [v.fermata] if pending.fermata and last == "Position" else [v.program[0]]
             first = max(self.voice + 1, 1 if self.melody else 0)
-            return [v.program[k] for k in range(first, len(VOICES))]
+            # a fermata may mark any onset when composing; harmonizing, only the melody's own
+            fermata = [v.fermata] if last == "Position" and v.fermata is not None and not self.melody else []
+            return fermata + [v.program[k] for k in range(first, len(VOICES))]
         if last == "Program":
             if self._pending_duration is not None:
                 return [v.pitch[self.melody[self.next_melody].pitch]]
@@ -174,6 +182,8 @@ class MusicGenerator:
         model = Transformer(LMConfig.from_dict(cfg["model"]))
         runs.load_weights(run, model)
         vocab = MusicVocab.load(run / mdata.TOKENIZER_FILE)
+        if vocab.size == model.cfg.vocab_size + 1:  # a run made before the fermata token (data format 2)
+            vocab = MusicVocab(vocab.tokenizer, fermatas=False)
         if vocab.size != model.cfg.vocab_size:
             raise RunError(f"run '{run}': its music tokenizer ({vocab.size} tokens) does not match the model "
                            f"({model.cfg.vocab_size}); retrain the run")
@@ -236,7 +246,7 @@ class MusicGenerator:
             raise DataError(f"the melody's metre {ts} is not one the tokenizer knows")
         grammar = Grammar(self.vocab, key=key or melody.key, time_signature=ts)
         per_quarter = self.vocab.ticks_per_beat * melody.time_signature[1] / 4  # positions per quarter note
-        grammar.melody = self._forced(soprano, grammar.bar_ticks, per_quarter)
+        grammar.melody = self._forced(soprano, grammar.bar_ticks, per_quarter, melody.fermatas)
         grammar.melody_end = round(max(n.onset + n.duration for n in soprano) * per_quarter)
         ids = self._sample(grammar, seed, temperature, top_k, max_tokens=len(soprano) * 60 + 400)
         if grammar.next_melody < len(grammar.melody):
@@ -245,7 +255,11 @@ class MusicGenerator:
         piece.voices[0] = soprano  # the given notes themselves (the forced tokens encode them exactly)
         return piece
 
-    def _forced(self, soprano: list[Note], bar_ticks: int, per_quarter: float) -> list[_Forced]:
+    def _forced(self, soprano: list[Note], bar_ticks: int, per_quarter: float,
+                fermatas: list[float] = ()) -> list[_Forced]:
+        """The melody's notes as tokens to force; a note starting where the melody has a fermata keeps
+        it (a run made before fermata tokens drops them)."""
+        held = {round(f * per_quarter) for f in fermatas} if self.vocab.fermata is not None else set()
         tpb = self.vocab.ticks_per_beat
         durations = {}
         for name, i in self.vocab.duration.items():
@@ -260,7 +274,7 @@ class MusicGenerator:
             if n.pitch not in self.vocab.pitch:
                 raise DataError(f"the melody's pitch {n.pitch} is outside the tokenizer's range {mdata.PITCH_RANGE}")
             t = round(t)
-            forced.append(_Forced(t // bar_ticks + 1, t % bar_ticks, n.pitch, durations[round(d)]))
+            forced.append(_Forced(t // bar_ticks + 1, t % bar_ticks, n.pitch, durations[round(d)], t in held))
         return forced
 
 
@@ -278,13 +292,34 @@ def melody_line(melody: Piece) -> list[Note]:
 
 # ---- writing what was made --------------------------------------------------------------------------------
 
+def fermata_spans(piece: Piece) -> list[tuple[float, float]]:
+    """(onset, end) in quarter notes of each chord a fermata holds: from its onset to the piece's next
+    onset (in any voice), or to the last note's end."""
+    onsets = sorted({n.onset for v in piece.voices for n in v})
+    end = max((n.onset + n.duration for v in piece.voices for n in v), default=0.0)
+    spans = []
+    for f in piece.fermatas:
+        later = [t for t in onsets if t > f + 1e-9]
+        spans.append((f, later[0] if later else end))
+    return spans
+
+
 def _score_for_playback(piece: Piece, tempo: float):
+    """The score as it is played: choir voices, ``tempo``, and each fermata's chord held
+    ``FERMATA_HOLD`` times as long by a slower tempo from its onset to the next onset (the notes keep
+    their written times, so the MIDI file reads back with the same notes)."""
     import symusic
 
     score = mdata.to_score(piece)
     for track in score.tracks:
         track.program = CHOIR_PROGRAM
-    score.tempos.append(symusic.Tempo(0, tempo))
+    changes = {0: tempo}
+    for start, end in fermata_spans(piece):  # a later fermata starting where one ends keeps it slow
+        changes[round(start * mdata.TPQ)] = tempo / FERMATA_HOLD
+        changes.setdefault(round(end * mdata.TPQ), tempo)
+        score.markers.append(symusic.TextMeta(round(start * mdata.TPQ), "fermata"))
+    for tick in sorted(changes):
+        score.tempos.append(symusic.Tempo(tick, changes[tick]))
     return score
 
 
@@ -302,8 +337,9 @@ def midi_bytes(piece: Piece, tempo: float = DEFAULT_TEMPO) -> bytes:
 
 
 def musicxml_bytes(piece: Piece) -> bytes:
-    """The piece as a MusicXML score (music21): four staves with their clefs, key and metre."""
-    from music21 import clef, instrument, key, meter, note, stream
+    """The piece as a MusicXML score (music21): four staves with their clefs, key and metre, a fermata
+    on every note that starts a chord a fermata holds."""
+    from music21 import clef, expressions, instrument, key, meter, note, stream
     from music21.musicxml.m21ToXml import GeneralObjectExporter
 
     from genlab.quiet import quiet
@@ -322,7 +358,10 @@ def musicxml_bytes(piece: Piece) -> bytes:
             if i + 1 < len(notes) and notes[i + 1].onset == n.onset:
                 continue  # two notes at one onset in one voice: keep the higher (sorted by pitch)
             length = min(n.duration, nxt - n.onset) if nxt is not None else n.duration
-            part.insert(n.onset, note.Note(n.pitch, quarterLength=length))
+            written = note.Note(n.pitch, quarterLength=length)
+            if any(abs(n.onset - f) < 1e-9 for f in piece.fermatas):  # on every voice, as the chorales print it
+                written.expressions.append(expressions.Fermata())
+            part.insert(n.onset, written)
         score.insert(0, part)
     with quiet("music21"):
         return GeneralObjectExporter(score).parse()
@@ -374,7 +413,8 @@ def wav_bytes(piece: Piece, tempo: float = DEFAULT_TEMPO, sample_rate: int = 441
 
 
 def piano_roll(piece: Piece, out: Path, overwrite: bool = False) -> Path:
-    """A piano roll (time in quarter notes across, pitch up), one colour per voice, bar lines."""
+    """A piano roll (time in quarter notes across, pitch up), one colour per voice, bar lines, a mark
+    above each fermata."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -390,6 +430,8 @@ def piano_roll(piece: Piece, out: Path, overwrite: bool = False) -> Path:
     for b in range(int(end // bar) + 1):
         ax.axvline(b * bar, color="#bbbbbb", linewidth=0.6, zorder=0)
     pitches = [n.pitch for v in piece.voices for n in v] or [60]
+    for f in piece.fermatas:  # a fermata: a mark above the chord it holds
+        ax.plot([f], [max(pitches) + 1.2], marker="v", color="#555555", markersize=6)
     ax.set_xlim(0, end)
     ax.set_ylim(min(pitches) - 2, max(pitches) + 2)
     ax.set_xlabel("quarter notes")

@@ -118,5 +118,6 @@ class StudioMusic:
         record = {"bars": bars, "key": mdata.key_name(piece.key), "key_choice": how, "seed": seed,
                   "temperature": temperature, "tempo": tempo, "time_signature": metre,
                   "notes": {v: len(n) for v, n in zip(mdata.VOICES, piece.voices, strict=True)},
+                  "fermatas": piece.fermatas,
                   "renderer": f"fluidsynth ({font})" if font else None, "wav_skipped": skipped}
         return Music(piece, midi_bytes(piece, tempo), audio, skipped, record)
