@@ -687,7 +687,7 @@ def test_page_plays_the_music_of_a_studio_job(trained_run, music_run, tmp_path):
     from .test_server_page import served_page
 
     cfg = ServerConfig(text_run=trained_run, music_run=music_run[0], data_dir=tmp_path / "data", device="cpu",
-                       semantic_labels=False)
+                       semantic_labels=False, speech_backend="espeak")
     with served_page(cfg, 1000, 900) as (srv, page, errors):
         page.goto(srv.url + "/")
         page.fill("#prompt", "Spring morning")
@@ -697,4 +697,9 @@ def test_page_plays_the_music_of_a_studio_job(trained_run, music_run, tmp_path):
         page.wait_for_selector("#download:not([hidden])", timeout=90_000)
         page.wait_for_function("document.getElementById('music').duration > 0", timeout=10_000)
         assert page.locator("#stages li[data-stage=music]").get_attribute("class") == "done"
-        assert page.locator("#narration").is_hidden() and not errors, errors
+        assert page.locator("#narration").is_hidden() and page.locator("#soundtrack").is_hidden() and not errors
+        # With the narration on: one player for the soundtrack (the music under the narration).
+        page.check("#narrate")
+        page.click("#go")
+        page.wait_for_function("document.getElementById('soundtrack').duration > 0", timeout=90_000)
+        assert page.locator("#narration").is_hidden() and page.locator("#music").is_hidden() and not errors, errors
