@@ -256,8 +256,8 @@ def sse_events(url: str) -> list[dict]:
 
 def test_studio_job_history_and_restart(server, data_dir, trained_run, gan_run):  # noqa: F811
     u = server.url
-    r = httpx.post(u + "/v1/studio/jobs", json={"prompt": "A square of grass", "max_tokens": 20, "voice": "espeak"},
-                   headers=auth())
+    r = httpx.post(u + "/v1/studio/jobs", json={"prompt": "A square of grass", "max_tokens": 20, "voice": "espeak",
+                                                "mix": False}, headers=auth())
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
     events = sse_events(f"{u}/v1/studio/jobs/{job_id}/events")
@@ -266,6 +266,7 @@ def test_studio_job_history_and_restart(server, data_dir, trained_run, gan_run):
     assert done == ["text", "illustration", "narration", "music", "bundle"]
     job = httpx.get(f"{u}/v1/studio/jobs/{job_id}", headers=auth()).json()
     assert job["status"] == "done" and job["manifest"]["parameters"]["illustration"]["label"]["label"] == "square"
+    assert job["manifest"]["request"]["mix"] is False  # the job's fields reach the studio request
     z = httpx.get(f"{u}/v1/studio/jobs/{job_id}/bundle", headers=auth())
     assert "index.html" in zipfile.ZipFile(io.BytesIO(z.content)).namelist()
     assert httpx.get(f"{u}/v1/studio/jobs/{job_id}/files/narration.wav", headers=auth()).content[:4] == b"RIFF"

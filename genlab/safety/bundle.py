@@ -21,7 +21,7 @@ from genlab.safety.watermark_image import MIN_PIXELS, ImageWatermark, min_scale
 from genlab.safety.watermark_text import TextWatermark, check_key
 
 AUDIO_NOTE = ("not watermarked: no keyed offline audio watermark is used yet (see docs/responsible.md); "
-              "the narration and the music (WAV) carry C2PA credentials only")
+              "the narration, the music and the soundtrack (WAV) carry C2PA credentials only")
 
 
 @dataclass

@@ -62,7 +62,8 @@ async def create_job(body: JobBody, svc: ServiceDep) -> dict:
     req = StudioRequest(prompt=body.prompt, max_tokens=body.max_tokens,
                         temperature=sampling_temperature(body.temperature),
                         top_p=body.top_p, seed=body.seed, candidates=body.candidates, narrate=body.narrate,
-                        speech=speech, music=body.music, music_bars=body.music_bars, music_key=body.music_key)
+                        speech=speech, music=body.music, music_bars=body.music_bars, music_key=body.music_key,
+                        mix=body.mix)
     req.validate()
     job_id = svc.history.create(body.prompt, req.to_dict())
     svc.jobs[job_id] = JobState()

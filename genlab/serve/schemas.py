@@ -201,6 +201,7 @@ class JobBody(_Body):
     music: bool = True  # with the server's music run: a piece in the bundle
     music_bars: Annotated[int, Field(ge=1, le=32)] = 8
     music_key: Annotated[str, Field(max_length=40)] | None = None
+    mix: bool = True  # with narration and music: soundtrack.wav, the music ducked under the narration
 
 
 class ChatSettings(_Body):
