@@ -42,6 +42,7 @@ class ServeLevel:
     p50_ttft_s: float = 0.0
     p95_ttft_s: float = 0.0
     speedup: float = 0.0  # tokens/s over the same server with one client
+    cpu_ms_per_token: float = 0.0  # the server process's CPU time (user + system) per token; 0: unknown
     note: str = ""
 
 
@@ -116,16 +117,30 @@ def _gguf_for(run: Path, cfg: dict, work: Path, log) -> tuple[Path, str]:
     return out, "llama.cpp (q8_0, genlab GGUF)"
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far; None where /proc cannot say (not Linux).
+    On a shared machine it counts the server's own work, which wall time mixes with others' jobs."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _measure(server: Server, levels: list[int], per_client: int, make_request, warmup) -> list[ServeLevel]:
     asyncio.run(run_level(server.url, 1, 1, warmup))  # the first request pays for lazy start-up
     out = []
     for clients in levels:
+        cpu0 = _cpu_seconds(server.proc.pid)
         stats, wall = asyncio.run(run_level(server.url, clients, per_client, make_request))
+        cpu1 = _cpu_seconds(server.proc.pid)
         lat, ttft = [s.latency_s for s in stats], [s.ttft_s for s in stats]
         tokens = sum(s.tokens for s in stats)
+        cpu = 1000 * (cpu1 - cpu0) / tokens if cpu0 is not None and cpu1 is not None and tokens else 0.0
         out.append(ServeLevel(server.name, clients, len(stats), tokens, round(wall, 3), tokens / wall,
                               sum(s.tokens / s.latency_s for s in stats) / len(stats),
-                              percentile(lat, 0.5), percentile(lat, 0.95), percentile(ttft, 0.5), percentile(ttft, 0.95)))
+                              percentile(lat, 0.5), percentile(lat, 0.95), percentile(ttft, 0.5), percentile(ttft, 0.95),
+                              cpu_ms_per_token=cpu))
     base = out[0].tokens_per_s
     for r in out:
         r.speedup = r.tokens_per_s / base if base else 0.0
@@ -133,8 +148,11 @@ def _measure(server: Server, levels: list[int], per_client: int, make_request, w
 
 
 def bench_serve(run: str | Path, levels: list[int], requests: int = 4, max_tokens: int = 64,
-                threads: int | None = None, llama: bool = True, log=print) -> tuple[list[ServeLevel], str]:
-    """The rows (genlab's levels, then llama.cpp's) and a line saying what each server ran."""
+                threads: int | None = None, llama: bool = True, log=print, serve_args: tuple[str, ...] = (),
+                name: str = "genlab") -> tuple[list[ServeLevel], str]:
+    """The rows (genlab's levels, then llama.cpp's) and a line saying what each server ran.
+    ``serve_args``: more `genlab serve` options (e.g. ``("--prefix-cache-tokens", "0")``), to
+    compare its settings side by side; ``name`` labels its rows."""
     from genlab import runs
 
     run = Path(run).resolve()
@@ -167,16 +185,16 @@ def bench_serve(run: str | Path, levels: list[int], requests: int = 4, max_token
         port = _free_port()
         argv = [sys.executable, "-m", "genlab", "serve", "--text-run", str(run), "--port", str(port),
                 "--data-dir", str(work / "studio"), "--max-batch", str(max(levels)),
-                "--max-tokens-limit", str(max_tokens), "--device", "cpu"]
+                "--max-tokens-limit", str(max_tokens), "--device", "cpu", *serve_args]
         log(f"genlab serve: starting ({run.name}, batches of up to {max(levels)})")
         fixed = {"ignore_eos": True, "stream_options": {"include_usage": True}}
-        server = Server("genlab", argv, port, work, threads)
+        server = Server(name, argv, port, work, threads)
         try:
             with server:
                 rows += _measure(server, levels, requests, chat(max_tokens, fixed), chat(4, fixed))
         except (RuntimeError, httpx.HTTPError) as e:
             raise GenlabError(f"genlab serve failed under load: {_why(e, server.log)}") from None
-        what.append(f"genlab serve: {run.name} ({(cfg.get('quantization') or {}).get('method', 'fp32')}), "
+        what.append(f"genlab serve{''.join(' ' + a for a in serve_args)}: {run.name} ({(cfg.get('quantization') or {}).get('method', 'fp32')}), "
                     f"max batch {max(levels)}, {threads} threads")
         missing = llama_server_missing() if llama else "not asked for"
         if missing:
@@ -209,7 +227,7 @@ def bench_serve(run: str | Path, levels: list[int], requests: int = 4, max_token
 
 
 HEADERS = ["server", "clients", "requests", "tokens", "total tok/s", "per-client tok/s", "p50 latency",
-           "p95 latency", "p50 TTFT", "p95 TTFT", "vs 1 client"]
+           "p95 latency", "p50 TTFT", "p95 TTFT", "vs 1 client", "server CPU/token"]
 
 
 def table_rows(rows: list[ServeLevel]) -> list[list[str]]:
@@ -220,5 +238,6 @@ def table_rows(rows: list[ServeLevel]) -> list[list[str]]:
             continue
         out.append([r.server, str(r.clients), str(r.requests), str(r.tokens), f"{r.tokens_per_s:,.1f}",
                     f"{r.per_client_tok_s:,.1f}", f"{r.p50_latency_s:.2f} s", f"{r.p95_latency_s:.2f} s",
-                    f"{1000 * r.p50_ttft_s:,.0f} ms", f"{1000 * r.p95_ttft_s:,.0f} ms", f"{r.speedup:.2f}x"])
+                    f"{1000 * r.p50_ttft_s:,.0f} ms", f"{1000 * r.p95_ttft_s:,.0f} ms", f"{r.speedup:.2f}x",
+                    f"{r.cpu_ms_per_token:,.0f} ms" if r.cpu_ms_per_token else "—"])
     return out

@@ -32,6 +32,11 @@ def serve_cmd(
     api_key: Annotated[str, typer.Option(envvar="GENLAB_API_KEY", help="Require 'Authorization: Bearer KEY' (also GENLAB_API_KEY).")] = None,
     data_dir: Annotated[Path, typer.Option(help="Studio history (SQLite) and bundles.")] = Path("runs/studio"),
     max_batch: Annotated[int, typer.Option(help="Sequences decoded together (dynamic batching).")] = 16,
+    prefix_cache_tokens: Annotated[int, typer.Option(help="Keys and values of recent prompts' shared beginnings "
+                                                        "(e.g. the chat template's system prompt), in tokens; "
+                                                        "0 turns the prefix cache off.")] = 2048,
+    prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens per prefill pass between decode steps "
+                                                  "(the longest a new request stalls the running ones).")] = 128,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1_000_000,
     speech_backend: SpeechBackendOpt = "auto",
@@ -47,6 +52,8 @@ def serve_cmd(
 
     if max_batch < 1 or max_tokens_limit < 1 or max_body_bytes < 1024:
         raise GenlabError("--max-batch and --max-tokens-limit must be positive, --max-body-bytes at least 1024")
+    if prefix_cache_tokens < 0 or prefill_chunk < 1:
+        raise GenlabError("--prefix-cache-tokens must not be negative and --prefill-chunk must be positive")
     if image_run is None and DEFAULT_IMAGE_RUN.exists():
         image_run = DEFAULT_IMAGE_RUN
     if text_run is None:
@@ -56,7 +63,8 @@ def serve_cmd(
         text_run = default_text_run(log=err.print) or DEFAULT_TEXT_RUN
     serve(ServerConfig(text_run=text_run, image_run=image_run, music_run=music_run, data_dir=data_dir, host=host,
                        port=port,
-                       api_key=api_key or None, max_batch=max_batch, max_tokens_limit=max_tokens_limit,
+                       api_key=api_key or None, max_batch=max_batch, prefix_cache_tokens=prefix_cache_tokens,
+                       prefill_chunk=prefill_chunk, max_tokens_limit=max_tokens_limit,
                        max_body_bytes=max_body_bytes, device=device, fast=fast, speech_backend=speech_backend,
                        watermark_key=watermark, upscale_run=upscale_run),
           log=err.print)

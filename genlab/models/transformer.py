@@ -106,6 +106,11 @@ class Cache:
         """A boolean mask broadcastable to (batch, heads, T, cached length), or None for causal."""
         return None
 
+    def last_columns(self, T: int) -> torch.Tensor | None:
+        """(batch,) the column of each row's last real token when rows of one forward pass carry
+        different numbers of tokens (padded batched prefill), or None: the last column in every row."""
+        return None
+
     def kernel_buffers(self, start: int) -> tuple[list, list, torch.Tensor] | None:
         """For the C decode step (genlab.kernels.decode), one new token per row at ``start``: every
         layer's key and value tensors, (rows, n_kv_head, capacity, head_dim), with room for it, and
@@ -357,7 +362,8 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = start + T
         if last_only:
-            x = x[:, -1:]
+            columns = cache.last_columns(T) if cache is not None else None
+            x = x[:, -1:] if columns is None else x[torch.arange(x.shape[0], device=x.device), columns][:, None]
         return self.lm_head(self.norm(x))
 
     def fuse_for_inference(self) -> Transformer:

@@ -41,7 +41,8 @@ class Service:
     def __init__(self, cfg: ServerConfig, lm: LanguageModel | None = None) -> None:
         self.cfg = cfg
         self.lm = lm or (load_lm(cfg.text_run, device=cfg.device, fast=cfg.fast) if cfg.text_run else None)
-        self.scheduler = BatchScheduler(self.lm, cfg.max_batch) if self.lm else None
+        self.scheduler = (BatchScheduler(self.lm, cfg.max_batch, cfg.prefix_cache_tokens, cfg.prefill_chunk)
+                          if self.lm else None)
         self.images = ImageGenerator.from_run(cfg.image_run, device=cfg.device) if cfg.image_run else None
         self.text_id = Path(cfg.text_run).name if cfg.text_run else "genlab-lm"
         self.image_id = Path(cfg.image_run).name if cfg.image_run else None
