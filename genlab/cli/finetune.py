@@ -91,7 +91,8 @@ def finetune_cmd(
     quiet: QuietOpt = False,
 ):
     """Fine-tune an LM run on new text, or on chat .jsonl (the loss on the assistant's replies): LoRA adapters
-    (through peft) or every weight; --merge a LoRA run."""
+    (through peft) or every weight; --merge a LoRA run. A GAN or VAE run is adapted to a folder of a few
+    images per class (new classes are added; FreezeD and DiffAugment for a GAN)."""
     args = dict(locals())
     from genlab.train import finetune as ft
 
