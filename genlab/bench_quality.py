@@ -137,7 +137,7 @@ def bench_quality(text_runs: list[Path], image_run: Path | None, n: int, max_tok
         attempts = sum(b["text"]["attempts"] for b in s.bundles)
         notes.append(f"{s.run}: failed thresholds over its {attempts} attempts: {fails}; "
                      f"{statistics.median(s.seconds):.0f} s per bundle (median).")
-    runs_arg = " ".join(f"--text-run {r}" for r in text_runs)
+    runs_arg = " ".join(f"--text-run {r}" for r in text_runs) + (f" --image-run {image_run}" if image_run else "")
     append_section(write, "Quality gate over studio prompts",
                    f"genlab bench quality {runs_arg} --prompts {n} --max-tokens {max_tokens} --retries {retries}",
                    markdown_table(HEADERS, rows), "\n\n".join(notes))
