@@ -36,7 +36,7 @@ def serve_cmd(
                                                         "(e.g. the chat template's system prompt), in tokens; "
                                                         "0 turns the prefix cache off.")] = 2048,
     prefill_chunk: Annotated[int, typer.Option(help="Prompt tokens per prefill pass between decode steps "
-                                                  "(the longest a new request stalls the running ones).")] = 128,
+                                                  "(the longest a new request stalls the running ones).")] = 512,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1_000_000,
     speech_backend: SpeechBackendOpt = "auto",

@@ -18,7 +18,7 @@ class ServerConfig:
     api_key: str | None = None
     max_batch: int = 16
     prefix_cache_tokens: int = 2048  # the scheduler's prefix cache (genlab.studio.batching); 0: none
-    prefill_chunk: int = 128  # prompt tokens per prefill pass between decode steps
+    prefill_chunk: int = 512  # prompt tokens per prefill pass between decode steps
     max_tokens_limit: int = 1024
     max_body_bytes: int = 1_000_000
     max_n: int = 8
