@@ -13,6 +13,8 @@ from genlab.generate.text import LanguageModel, SamplingOptions, load_lm
 from genlab.models.transformer import LMConfig, Transformer, cache_capacity
 from genlab.studio.batching import BatchScheduler, PrefixCache, SlotCache
 
+from .sched_helpers import greedy, stream_all
+
 SYSTEM = "You are a helpful model. Answer in one line. "
 QUESTIONS = ["The cat", "Old dog ran far away into", "A", "Every morning the small bird sang"]
 
@@ -23,18 +25,7 @@ def lm(trained_run):
 
 
 def run_all(sched: BatchScheduler, prompts: list[str], max_tokens: int) -> list[str]:
-    results: dict[int, str] = {}
-
-    def work(i: int) -> None:
-        opts = SamplingOptions(max_tokens=max_tokens, temperature=0, ignore_eot=True)
-        results[i] = "".join(sched.stream(prompts[i], opts))
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return [results[i] for i in range(len(prompts))]
+    return stream_all(sched, prompts, lambda i: greedy(max_tokens))
 
 
 @pytest.mark.parametrize("prefix_tokens", [0, 256])

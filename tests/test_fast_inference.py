@@ -5,16 +5,16 @@ BENCHMARKS.md, never here)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from genlab import kernels
-from genlab.generate.text import SamplingOptions, load_lm
+from genlab.generate.text import load_lm
 from genlab.models.quantized import QuantLinear, QuantSpec, dequantize, quantize_int4, quantize_int8
 from genlab.models.transformer import KVCache, LMConfig, Transformer, cache_capacity
 from genlab.studio.batching import BatchScheduler
+
+from .sched_helpers import greedy, stream_all
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="no C compiler here for genlab's CPU kernels")
 
@@ -194,17 +194,7 @@ def test_batched_cache_holds_only_what_is_in_flight(trained_run, one_thread):
     sched._step = watched_step
     try:
         prompts = ["The cat", "A", "Old dog ran far away into the", "Every"]
-        out: dict[int, str] = {}
-
-        def work(i: int) -> None:
-            out[i] = "".join(sched.stream(prompts[i], SamplingOptions(max_tokens=12 + 6 * i, temperature=0,
-                                                                        ignore_eot=True)))
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        out = stream_all(sched, prompts, lambda i: greedy(12 + 6 * i))
         for i, p in enumerate(prompts):
             assert out[i] == lm.generate(p, max_tokens=12 + 6 * i, temperature=0, ignore_eot=True)
         assert seen

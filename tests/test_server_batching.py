@@ -10,6 +10,8 @@ import pytest
 from genlab.generate.text import SamplingOptions, load_lm
 from genlab.studio.batching import BatchScheduler
 
+from .sched_helpers import greedy, stream_all
+
 PROMPTS = ["The cat", "Old dog ran far away into", "A", "Every morning the small bird sang because rain"]
 
 
@@ -21,18 +23,8 @@ def lm(trained_run):
 def test_batched_greedy_decoding_matches_single_stream(lm):
     sched = BatchScheduler(lm, max_batch=4)
     try:
-        results: dict[int, str] = {}
-
-        def work(i: int) -> None:
-            # 150 tokens with a 64-token context: every row also crosses the window shift.
-            opts = SamplingOptions(max_tokens=150, temperature=0, ignore_eot=True)
-            results[i] = "".join(sched.stream(PROMPTS[i], opts))
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(PROMPTS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        # 150 tokens with a 64-token context: every row also crosses the window shift.
+        results = stream_all(sched, PROMPTS, lambda i: greedy(150))
         for i, prompt in enumerate(PROMPTS):
             assert results[i] == lm.generate(prompt, max_tokens=150, temperature=0, ignore_eot=True), prompt
         assert sched.stats.max_batch_seen > 1  # the four requests shared forward passes
