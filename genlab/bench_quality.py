@@ -10,7 +10,6 @@ image run is given.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -109,14 +108,12 @@ def run_prompts(text_run: Path, image_run: Path | None, prompts: list[str], max_
             req = StudioRequest(prompt=prompt, max_tokens=max_tokens, seed=i, narrate=False, music=False,
                                 quality_retries=retries)
             t = time.perf_counter()
-            bundle = studio.make(req, Path(tmp) / f"b{i}")
+            quality = studio.make(req, Path(tmp) / f"b{i}").manifest["quality"]
             summary.seconds.append(time.perf_counter() - t)
-            manifest = json.loads((Path(tmp) / f"b{i}" / "manifest.json").read_text(encoding="utf-8"))
-            summary.bundles.append(manifest["quality"])
-            q = manifest["quality"]["text"]
+            summary.bundles.append(quality)
+            q = quality["text"]
             log(f"{text_run} [{i + 1}/{len(prompts)}] {prompt!r}: {q['attempts']} attempt(s), {q['status']} "
                 f"({summary.seconds[-1]:.0f} s)")
-            del bundle
     return summary
 
 
