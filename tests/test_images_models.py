@@ -7,7 +7,7 @@ import torch
 
 from genlab.errors import ConfigError
 from genlab.models.conv import size_plan, widths
-from genlab.models.gan import GAN, GANConfig
+from genlab.models.gan import GAN, GANConfig, minibatch_stddev, mode_seeking_penalty, pair_labels
 from genlab.models.vae import VAE, VAEConfig
 
 
@@ -31,7 +31,7 @@ def test_gan_shapes(size, channels):
     assert fake.min() >= -1 and fake.max() <= 1
     s_real, s_fake = gan("d", z, y, torch.rand(3, channels, size, size) * 2 - 1)
     assert s_real.shape == s_fake.shape == (3,)
-    (s_gen,) = gan("g", z, y)
+    s_gen, _ = gan("g", z, y)
     s_gen.mean().backward()
     assert gan.generator.fc.weight.grad is not None and gan.ema.fc.weight.grad is None
     img = gan.generate(z, gan.class_embedding(y))
@@ -99,3 +99,37 @@ def test_bad_model_settings_are_config_errors():
         GAN(GANConfig(ema_decay=1.0))
     with pytest.raises(ConfigError, match="channels"):
         GAN(GANConfig(channels=2))
+
+
+def test_minibatch_stddev_groups_never_mix_real_and_fake_images():
+    h = torch.zeros(12, 2, 3, 3)
+    h[6:] = torch.randn(6, 2, 3, 3)  # identical "real" images, varied "fakes"
+    out = minibatch_stddev(h, group=4, parts=2)  # 6 per part: groups of 3, not 4 (which would straddle)
+    assert out.shape == (12, 1, 3, 3)
+    assert torch.all(out[:6] < 1e-3) and torch.all(out[6:] > 0.1)
+    assert torch.equal(out[6], out[8]) and not torch.equal(out[8], out[9])  # one value per group of 3
+    assert torch.all(minibatch_stddev(torch.randn(5, 2, 3, 3), group=4) == 0)  # 5 is prime: groups of 1
+
+
+def test_gan_with_minibatch_stddev_scores_any_batch_size():
+    torch.manual_seed(0)
+    gan = GAN(GANConfig(image_size=16, num_classes=3, latent_dim=8, embed_dim=4, g_width=4, d_width=4,
+                        mbstd_group=4))
+    for n in (1, 3, 8):
+        z, y = torch.randn(n, 8), torch.randint(0, 3, (n,))
+        s_real, s_fake = gan("d", z, y, torch.rand(n, 1, 16, 16) * 2 - 1)
+        assert s_real.shape == s_fake.shape == (n,)
+    with pytest.raises(ConfigError, match="mbstd-group"):
+        GANConfig(mbstd_group=1).validate()
+
+
+def test_mode_seeking_pairs_share_a_class_and_the_penalty_punishes_ignoring_z():
+    y = torch.tensor([3, 1, 4, 1, 5])
+    assert pair_labels(y).tolist() == [3, 1, 3, 1, 5] and pair_labels(None) is None
+    z = torch.randn(4, 8)
+    same = torch.ones(4, 1, 6, 6)  # a generator that ignores z
+    varied = torch.randn(4, 1, 6, 6)
+    assert mode_seeking_penalty(same, z) > 1000 * mode_seeking_penalty(varied, z)
+    varied.requires_grad_(True)
+    mode_seeking_penalty(varied, z).backward()
+    assert varied.grad.abs().sum() > 0

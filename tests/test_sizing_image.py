@@ -26,7 +26,8 @@ FAKE = Device("fake", "fake machine", 8, 8, 10.0, {"fp32": 50e9, "fp16": 100e9},
 sizes = st.sampled_from([16, 24, 28, 32])
 common = dict(image_size=sizes, channels=st.sampled_from([1, 3]), num_classes=st.integers(0, 6),
               latent_dim=st.integers(1, 24), embed_dim=st.integers(1, 12))
-gan_configs = st.builds(GANConfig, g_width=st.integers(1, 12), d_width=st.integers(1, 12), **common)
+gan_configs = st.builds(GANConfig, g_width=st.integers(1, 12), d_width=st.integers(1, 12),
+                        mbstd_group=st.sampled_from([0, 2, 4]), **common)
 vae_configs = st.builds(VAEConfig, width=st.integers(1, 12), **common)
 configs = st.one_of(gan_configs, vae_configs)
 
@@ -153,7 +154,7 @@ def test_large_models_are_built_on_the_meta_device(monkeypatch):
 
 def test_preset_report_numbers():
     r = analyse(resolve("gan-small"), SizeOptions(batch=4), [FAKE], FAKE)
-    cfg = GANConfig(latent_dim=64, embed_dim=64, g_width=16, d_width=16)  # train/image.py's "small"
+    cfg = GANConfig(latent_dim=64, embed_dim=64, g_width=16, d_width=16, mbstd_group=4)  # train/image.py's "small"
     model = GAN(cfg)
     p = r["parameters"]
     assert p["total"] == numel(model.parameters())

@@ -139,6 +139,8 @@ def train_gan_cmd(
     ema_decay: Annotated[float, typer.Option(help="Decay of the EMA generator used for sampling.")] = None,
     d_steps: Annotated[int, typer.Option(help="Discriminator updates per generator update.")] = None,
     d_lr_mult: Annotated[float, typer.Option(help="Discriminator lr = lr x this.")] = None,
+    mbstd_group: Annotated[int, typer.Option(help="Minibatch-stddev group size in the discriminator (0: off).")] = None,
+    mode_seeking: Annotated[float, typer.Option(help="Weight of the mode-seeking (MSGAN) term in G's loss (0: off).")] = None,
     resume: ResumeOpt = False, overwrite: OverwriteRunOpt = False, quiet: QuietOpt = False,
 ):
     """Train a class-conditional DCGAN (hinge loss, spectral norm, EMA generator)."""

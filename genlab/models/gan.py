@@ -39,11 +39,20 @@ class GANConfig(JsonConfig):
     ema_decay: float = 0.999
     d_steps: int = 1  # discriminator updates per generator update
     d_lr_mult: float = 1.0  # discriminator lr = lr * d_lr_mult (> 1: two time-scale update rule)
+    # Minibatch standard deviation (ProGAN/StyleGAN): D sees how much each group of this many
+    # images varies, so a generator that makes one image per class is easy to call fake. 0 = off
+    # (runs made before it existed have no such layer).
+    mbstd_group: int = 0
+    mode_seeking: float = 0.0  # weight of the MSGAN mode-seeking term in G's loss (0 = off)
 
     def validate(self) -> None:
         size_plan(self.image_size)
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), not {self.channels}")
+        if self.mbstd_group < 0 or self.mbstd_group == 1:
+            raise ConfigError(f"mbstd-group must be 0 (off) or at least 2 (got {self.mbstd_group})")
+        if self.mode_seeking < 0:
+            raise ConfigError(f"mode-seeking must not be negative (got {self.mode_seeking})")
         for name in ("latent_dim", "embed_dim", "g_width", "d_width", "d_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
@@ -120,20 +129,62 @@ class Discriminator(nn.Module):
         self.stem = spectral_norm(nn.Conv2d(cfg.channels, ch[-1], 3, padding=1))
         self.downs = nn.ModuleList(spectral_norm(nn.Conv2d(ch[i + 1], ch[i], 4, stride=2, padding=1))
                                    for i in reversed(range(doublings)))
+        self.mbstd_group = cfg.mbstd_group
+        # With the batch's spread as one extra channel, one more convolution at the smallest size reads it.
+        self.mbstd_conv = (spectral_norm(nn.Conv2d(ch[0] + 1, ch[0], 3, padding=1))
+                           if cfg.mbstd_group else None)
         self.head = spectral_norm(nn.Linear(ch[0], 1))
         self.embed = spectral_norm(nn.Embedding(cfg.num_classes, ch[0])) if cfg.num_classes else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """One unbounded realness score per image (hinge loss wants raw scores)."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
+        """One unbounded realness score per image (hinge loss wants raw scores).
+
+        ``parts``: the batch is that many equal blocks (real images, then fakes) that the minibatch
+        statistic must not mix: a group holding real and fake images would tell D nothing."""
         h = F.leaky_relu(self.stem(x), 0.1)
         for down in self.downs:
             h = F.leaky_relu(down(h), 0.1)
+        if self.mbstd_conv is not None:
+            h = F.leaky_relu(self.mbstd_conv(torch.cat([h, minibatch_stddev(h, self.mbstd_group, parts)], 1)), 0.1)
         h = h.sum(dim=(2, 3))
         score = self.head(h).squeeze(1)
         if self.embed is not None:
             # Projection: the label picks a direction in feature space that "real for this class" points to.
             score = score + (self.embed(labels) * h).sum(dim=1)
         return score
+
+
+def minibatch_stddev(h: torch.Tensor, group: int, parts: int = 1) -> torch.Tensor:
+    """One channel holding, for each image, the mean standard deviation of features across its group.
+
+    Groups are runs of consecutive images; their size is the largest divisor of one part's length
+    not above ``group``, so a group never straddles two parts and any batch size works."""
+    n, c, hh, ww = h.shape
+    block = n // parts
+    g = max(d for d in range(1, min(group, block) + 1) if block % d == 0)
+    if g == 1:  # a single image has no spread to show; give D a constant instead
+        return h.new_zeros(n, 1, hh, ww)
+    grouped = h.float().view(n // g, g, c, hh, ww)
+    spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # one per group
+    return spread.to(h.dtype).repeat_interleave(g).view(n, 1, 1, 1).expand(n, 1, hh, ww)
+
+
+def pair_labels(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels with the second half set to the first, so image i and i + n/2 share a class (and
+    differ only in z): the pairs the mode-seeking term compares."""
+    if labels is None:
+        return None
+    half = len(labels) // 2
+    return torch.cat([labels[:half], labels[:half], labels[2 * half:]])
+
+
+def mode_seeking_penalty(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """MSGAN's term (Mao et al. 2019): 1 / (image distance / latent distance) over the pairs of
+    ``pair_labels``. A generator that maps different z to the same image pays for it."""
+    half = len(z) // 2
+    image_gap = (fake[:half] - fake[half:2 * half]).float().abs().mean()
+    z_gap = (z[:half] - z[half:2 * half]).float().abs().mean()
+    return 1.0 / (image_gap / z_gap + 1e-5)
 
 
 class GAN(nn.Module):
@@ -155,7 +206,7 @@ class GAN(nn.Module):
         """The two training passes go through forward() so DistributedDataParallel sees them.
 
         ``"d"``: scores of real images and of fakes (made without gradients); ``"g"``: scores of
-        fakes, with gradients flowing back into the generator. ``augment``: a differentiable transform
+        fakes and the fakes, with gradients flowing back into the generator. ``augment``: a differentiable transform
         of every image D sees (few-shot fine-tuning: genlab.train.diffaugment); in ``"d"`` it gets the
         real images and then the fakes as one batch."""
         if phase == "d":
@@ -166,11 +217,11 @@ class GAN(nn.Module):
             both = torch.cat([real, fake])
             if augment is not None:
                 both = augment(both)
-            scores = self.discriminator(both, None if labels is None else torch.cat([labels, labels]))
+            scores = self.discriminator(both, None if labels is None else torch.cat([labels, labels]), parts=2)
             return scores[: real.size(0)], scores[real.size(0):]
         if phase == "g":
             fake = self.generator(z, labels)
-            return (self.discriminator(fake if augment is None else augment(fake), labels),)
+            return self.discriminator(fake if augment is None else augment(fake), labels), fake
         raise ValueError(f"unknown GAN phase '{phase}'")
 
     @torch.no_grad()

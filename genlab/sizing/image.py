@@ -149,6 +149,9 @@ def _gan_discriminator(c: GANConfig) -> list[Layer]:
         layers.append(_conv(f"block {j + 1}: down-conv {ch[i + 1]} -> {ch[i]} ch, {side} -> {side // 2} px", g,
                             ch[i + 1], ch[i], 4, side // 2, 2, sn=True))
         side //= 2
+    if c.mbstd_group:
+        layers.append(_conv(f"minibatch-stddev conv {ch[0]} + 1 -> {ch[0]} ch (groups of {c.mbstd_group})", g,
+                            ch[0] + 1, ch[0], 3, side, sn=True))
     layers.append(_linear(f"head ({ch[0]} -> 1)", g, ch[0], 1, sn=True))
     if c.num_classes:
         layers.append(_embedding(f"projection embedding ({c.num_classes} x {ch[0]})", g, c.num_classes, ch[0],
