@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from genlab import runs
 from genlab.data.images import ImageDataConfig
-from genlab.errors import ConfigError, DataError
+from genlab.errors import ConfigError, DataError, RunError
 from genlab.evaluate.classifier import ClassifierConfig
 from genlab.evaluate.image_metrics import evaluate_image_run
 from genlab.generate.images import ImageGenerator
@@ -131,6 +131,8 @@ def test_gan_finetune_grows_the_classes_freezes_d_and_generates_old_and_new(gan_
     assert sec["base"] == str(gan_base.resolve()) and sec["base_sha256"] == runs.file_sha256(gan_base / "model.safetensors")
     assert sec["new_classes"] == ["bar", "ring"] and sec["freeze_d"] == 2
     assert sec["augment"] == ["translation", "cutout", "color"] and sec["base_class_names"] == SHAPES
+    assert sec["replay"] == 0.5 and sec["replay_classes"] == ["circle", "triangle", "cross"]  # all but Square
+    assert sec["replay_align"] == 1.0
 
     base, tuned = _load(gan_base).state_dict(), _load(run).state_dict()
     # FreezeD: the stem and the first downsampling block are the base's; the last block and the head moved.
@@ -213,6 +215,7 @@ def test_bad_inputs_get_one_line_and_exit_2(gan_base, vae_base, folder, tmp_path
         ([str(gan_base), "--data", str(folder), "--method", "full"], "--method is for language-model runs"),
         ([str(gan_base), "--data", str(folder), "--freeze-d", "9"], "--freeze-d must be between 0 and 3"),
         ([str(gan_base), "--data", str(folder), "--augment", "blur"], "unknown augmentation 'blur'"),
+        ([str(gan_base), "--data", str(folder), "--replay", "1"], "--replay must be in [0, 1)"),
         ([str(vae_base), "--data", str(folder), "--freeze-d", "1"], "--freeze-d is for GAN runs"),
         ([str(vae_base), "--data", str(folder), "--augment", "color"], "a VAE's augmentation"),
         ([str(gan_base), "--data", str(tmp_path / "nowhere")], "not found"),
@@ -225,3 +228,55 @@ def test_bad_inputs_get_one_line_and_exit_2(gan_base, vae_base, folder, tmp_path
         assert not Path(out).exists(), args
     with pytest.raises(DataError, match="one class"):
         fi.finetune_image(spec(gan_base, one, tmp_path / "lib", 2))
+
+
+@pytest.mark.parametrize("family", ["gan", "vae"])
+def test_replay_swaps_part_of_each_batch_for_the_frozen_base_samples_of_old_classes(family, gan_base, vae_base):
+    base_run = gan_base if family == "gan" else vae_base
+    base = fi.load_base(base_run, family)
+    replay = fi.GenerativeReplay(base, fi.replay_classes(SHAPES, [1, 4, 5]), 0.5)  # the folder has square + 2 new
+    drawn = replay.draw(np.random.default_rng(0), 8)
+    labels, z = drawn
+    assert len(z) == 4 and set(labels.tolist()) <= {0, 2, 3}  # circle, triangle, cross: never the folder's
+    real, y = torch.rand(8, 1, 16, 16), torch.full((8,), 5)
+    mixed, mixed_y = replay.mix(real, y, drawn)
+    swapped, kept = [0, 2, 4, 6], [1, 3, 5, 7]  # spread evenly: each half of the batch holds two
+    assert torch.equal(mixed[kept], real[kept]) and mixed_y[kept].tolist() == [5] * 4
+    assert mixed_y[swapped].tolist() == labels.tolist()
+    t = torch.from_numpy(labels)
+    expected = base.generate(torch.from_numpy(z), base.class_embedding(t))  # the base as trained, untouched
+    assert torch.allclose(mixed[swapped], expected)
+    assert fi.GenerativeReplay.rows(3, 32).tolist() == [0, 10, 21]
+    assert replay.draw(np.random.default_rng(0), 8)[1].tolist() == z.tolist()  # from the batch RNG alone
+
+
+def test_replay_off_and_a_changed_base_on_resume(gan_base, folder, tmp_path):
+    import shutil
+    off = tmp_path / "off"
+    fi.finetune_image(spec(gan_base, folder, off, 2, replay=0.0))
+    assert runs.read_config(off)["finetune"]["replay"] == 0.0
+    base = tmp_path / "base"
+    shutil.copytree(gan_base, base)
+    run = tmp_path / "ft"
+    fi.finetune_image(spec(base, folder, run, 4))
+    model = _load(base)
+    with torch.no_grad():
+        model.ema.fc.bias.add_(1.0)
+    runs.save_weights(base, model)
+    with pytest.raises(RunError, match="changed since this fine-tune started"):
+        fi.finetune_image(fi.ImageFinetuneSpec(run=run, resume=True, train_overrides={"steps": 6}, quiet=True))
+
+
+def test_replay_alignment_pins_old_classes_to_the_base_and_ignores_new_ones(gan_base):
+    base = fi.load_base(gan_base, "gan")
+    replay = fi.GenerativeReplay(base, [0, 2], 0.5, align=1.0)
+    z, y = torch.randn(4, base.latent_dim), torch.tensor([0, 2, 1, 3])
+    with torch.no_grad():
+        same = base.ema(z, y)  # exactly what the base draws: nothing to pay
+    assert replay.alignment(same, z, y).item() < 1e-10
+    moved = same.clone()
+    moved[2:] += 1.0  # rows of classes the folder has (1, 3): free to change
+    assert replay.alignment(moved, z, y).item() < 1e-10
+    moved[0] += 0.5
+    assert replay.alignment(moved, z, y).item() == pytest.approx(0.25 / 2, rel=1e-4)  # mean over 2 old rows
+    assert fi.GenerativeReplay(base, [0, 2], 0.5, align=0.0).alignment(moved, z, y).item() == 0.0

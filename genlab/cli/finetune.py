@@ -39,7 +39,7 @@ from genlab.errors import GenlabError
 
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 LM_ONLY = ("method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "quant", "group_size", "window")
-IMAGE_ONLY = ("freeze_d", "augment", "test_fraction")
+IMAGE_ONLY = ("freeze_d", "augment", "replay", "test_fraction")
 
 
 def finetune_cmd(
@@ -68,6 +68,9 @@ def finetune_cmd(
                                               "default translation,cutout,color) or of the inputs (VAE: translation, "
                                               "flip; default none); 'none' turns them off.")] = None,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="GAN/VAE base: no augmentation.")] = False,
+    replay: Annotated[float, typer.Option(help="GAN/VAE base: share of each batch drawn from the frozen base for "
+                                              "the classes the folder lacks, so they are kept (0: off). "
+                                              "[default: 0.5]")] = None,
     test_fraction: ImgTestFracOpt = None,
     steps: StepsOpt = None,
     minutes: MinutesOpt = None,
@@ -159,8 +162,8 @@ def _finetune_image(args: dict) -> None:
     given = [f"--{'context' if name == 'window' else name.replace('_', '-')}" for name in LM_ONLY
              if args[name] is not None] + (["--fsdp"] if args["fsdp"] else [])
     if given:
-        raise GenlabError(f"{given[0]} is for language-model runs; a GAN/VAE base takes --freeze-d, --augment "
-                          f"and the training flags")
+        raise GenlabError(f"{given[0]} is for language-model runs; a GAN/VAE base takes --freeze-d, --augment, "
+                          f"--replay and the training flags")
     if args["no_augment"] and args["augment"] is not None:
         raise GenlabError("give --augment or --no-augment, not both")
     data, resume = args["data"] or [], args["resume"]
@@ -176,7 +179,7 @@ def _finetune_image(args: dict) -> None:
         run=run, base=args["base"], data=data[0] if data else None,
         test_fraction=0.1 if args["test_fraction"] is None else args["test_fraction"],
         freeze_d=args["freeze_d"], augment="none" if args["no_augment"] else args["augment"],
-        train_overrides=overrides, resume=resume, overwrite=args["overwrite"], quiet=args["quiet"]))
+        replay=args["replay"], train_overrides=overrides, resume=resume, overwrite=args["overwrite"], quiet=args["quiet"]))
     if not args["quiet"]:
         val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
         err.print(f"[green]done[/]: step {result.step}, {result.throughput:,.0f} img/s"

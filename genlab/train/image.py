@@ -287,6 +287,8 @@ class GANTask(_ImageTask):
                     loss = -s_gen.float().mean()
                     if cfg.mode_seeking:
                         loss = loss + cfg.mode_seeking * mode_seeking_penalty(fake, z_g)
+                    if self.replay is not None:
+                        loss = loss + self.replay.alignment(fake, z_g, labels)
                 ctx.backward(loss / accum)
                 g_loss += loss.item() / accum
         finally:
