@@ -5,11 +5,13 @@
   learned label embedding (so a walk between two classes can blend their embeddings).
 - Discriminator: strided convolutions with spectral normalisation on every layer (it keeps D
   1-Lipschitz-ish, which is what keeps hinge-loss training stable without gradient penalties),
-  summed features, and a projection head: score = linear(h) + <embed(label), h>.
+  summed features, and a projection head: score = linear(h) + <embed(label), h>. Optionally a
+  minibatch-stddev channel at the smallest size (``mbstd_group``), so D can see a batch that lacks variety.
 - An exponential moving average of the generator's weights is kept beside it; samples come from
   it because it is smoother than the generator at any single step.
 
-Losses (hinge) live in genlab.train.image; this file only defines the networks.
+Losses (hinge) live in genlab.train.image; this file defines the networks and the mode-seeking term
+(MSGAN) that the generator's loss adds.
 """
 
 from __future__ import annotations
@@ -206,8 +208,8 @@ class GAN(nn.Module):
         """The two training passes go through forward() so DistributedDataParallel sees them.
 
         ``"d"``: scores of real images and of fakes (made without gradients); ``"g"``: scores of
-        fakes and the fakes, with gradients flowing back into the generator. ``augment``: a differentiable transform
-        of every image D sees (few-shot fine-tuning: genlab.train.diffaugment); in ``"d"`` it gets the
+        fakes and the fakes, with gradients flowing back into the generator. ``augment``: a
+        differentiable transform of every image D sees (few-shot fine-tuning: genlab.train.diffaugment); in ``"d"`` it gets the
         real images and then the fakes as one batch."""
         if phase == "d":
             with torch.no_grad():
