@@ -4,6 +4,7 @@ slot cache, its prefix cache) follows what is in flight."""
 
 from __future__ import annotations
 
+import queue
 import threading
 
 import pytest
@@ -58,10 +59,22 @@ def test_prompts_of_different_lengths_prefilled_in_one_pass(lm):
     prompts = ["x", "The cat sat on the mat and", "A dog", "Every morning the small bird sang because rain fell"]
     sched = BatchScheduler(lm, max_batch=4, prefix_cache_tokens=0, prefill_chunk=512)
     try:
-        got = run_all(sched, prompts, 20)
+        # All four are queued before the scheduler thread may look (it takes this lock to admit), so
+        # the test does not depend on how the client threads happen to be scheduled.
+        queues = [queue.Queue() for _ in prompts]
+        with sched._cv:
+            for prompt, q in zip(prompts, queues, strict=True):
+                sched.submit(prompt, greedy(20), q.put)
+        got = []
+        for q in queues:
+            pieces = []
+            while (ev := q.get(timeout=120))[0] == "text":
+                pieces.append(ev[1])
+            assert ev[0] == "done", ev
+            got.append("".join(pieces))
         for prompt, text in zip(prompts, got, strict=True):
             assert text == lm.generate(prompt, max_tokens=20, temperature=0, ignore_eot=True), prompt
-        assert sched.stats.prefill_steps < len(prompts)  # some prompts shared a pass
+        assert sched.stats.prefill_steps == 1  # the four waiting prompts shared one pass
     finally:
         sched.close()
 
