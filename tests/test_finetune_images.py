@@ -110,6 +110,16 @@ def test_growing_the_class_tables_keeps_the_old_rows_exactly(gan_base, vae_base)
     fresh = GAN(GANConfig.from_dict(gan.cfg.to_dict()))
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in sd.items()}
 
+    # The auxiliary classifier (when the base has one) gets an output per new class; old outputs stay.
+    aux = GAN(GANConfig(image_size=16, num_classes=4, latent_dim=8, embed_dim=4, g_width=4, d_width=4, aux_class=0.5))
+    head = aux.discriminator.classify.weight.detach().clone(), aux.discriminator.classify.bias.detach().clone()
+    fi.grow_classes(aux, 2, seed=0)
+    assert aux.discriminator.classify.weight.shape == (6, head[0].shape[1])
+    assert torch.equal(aux.discriminator.classify.weight[:4], head[0])
+    assert torch.equal(aux.discriminator.classify.bias[:4], head[1])
+    assert {k: v.shape for k, v in GAN(GANConfig.from_dict(aux.cfg.to_dict())).state_dict().items()} == \
+        {k: v.shape for k, v in aux.state_dict().items()}
+
     vae = _load(vae_base)
     rows = vae.embed.weight.detach().clone()
     fi.grow_classes(vae, 3, seed=0)

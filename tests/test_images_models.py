@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genlab.errors import ConfigError
 from genlab.models.conv import size_plan, widths
@@ -29,9 +32,9 @@ def test_gan_shapes(size, channels):
     fake = gan.generator(z, y)
     assert fake.shape == (3, channels, size, size)
     assert fake.min() >= -1 and fake.max() <= 1
-    s_real, s_fake = gan("d", z, y, torch.rand(3, channels, size, size) * 2 - 1)
+    s_real, s_fake, _ = gan("d", z, y, torch.rand(3, channels, size, size) * 2 - 1)
     assert s_real.shape == s_fake.shape == (3,)
-    s_gen, _ = gan("g", z, y)
+    s_gen, _, _ = gan("g", z, y)
     s_gen.mean().backward()
     assert gan.generator.fc.weight.grad is not None and gan.ema.fc.weight.grad is None
     img = gan.generate(z, gan.class_embedding(y))
@@ -117,7 +120,7 @@ def test_gan_with_minibatch_stddev_scores_any_batch_size():
                         mbstd_group=4))
     for n in (1, 3, 8):
         z, y = torch.randn(n, 8), torch.randint(0, 3, (n,))
-        s_real, s_fake = gan("d", z, y, torch.rand(n, 1, 16, 16) * 2 - 1)
+        s_real, s_fake, _ = gan("d", z, y, torch.rand(n, 1, 16, 16) * 2 - 1)
         assert s_real.shape == s_fake.shape == (n,)
     with pytest.raises(ConfigError, match="mbstd-group"):
         GANConfig(mbstd_group=1).validate()
@@ -133,3 +136,42 @@ def test_mode_seeking_pairs_share_a_class_and_the_penalty_punishes_ignoring_z():
     varied.requires_grad_(True)
     mode_seeking_penalty(varied, z).backward()
     assert varied.grad.abs().sum() > 0
+
+
+def test_auxiliary_classifier_sees_real_images_and_its_loss_reaches_the_generator():
+    torch.manual_seed(0)
+    cfg = dict(image_size=16, num_classes=3, latent_dim=8, embed_dim=4, g_width=4, d_width=4)
+    assert GAN(GANConfig(**cfg))("g", torch.randn(2, 8), torch.tensor([0, 1]))[2] is None  # off by default
+    gan = GAN(GANConfig(**cfg, aux_class=0.5))
+    z, y = torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1])
+    s_real, s_fake, c_real = gan("d", z, y, torch.rand(5, 1, 16, 16) * 2 - 1)
+    assert c_real.shape == (5, 3) and s_real.shape == s_fake.shape == (5,)
+    _, fake, c_fake = gan("g", z, y)
+    assert c_fake.shape == (5, 3)
+    F.cross_entropy(c_fake, y).backward()
+    assert gan.generator.fc.weight.grad.abs().sum() > 0  # the class term trains the generator
+    with pytest.raises(ConfigError, match="aux-class"):
+        GANConfig(num_classes=0, aux_class=0.5).validate()
+    with pytest.raises(ConfigError, match="aux-class"):
+        GANConfig(aux_class=-1).validate()
+
+
+def test_learned_sigma_is_optimal_at_the_reconstruction_error_and_needs_the_gaussian_likelihood():
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(image_size=16, num_classes=0, latent_dim=4, width=4, likelihood="gaussian", learn_sigma=True))
+    x, logits = torch.rand(3, 1, 16, 16), torch.randn(3, 1, 16, 16)
+    rmse = float((x - torch.sigmoid(logits)).pow(2).mean().sqrt())
+    totals = {}
+    for factor in (0.5, 0.9, 1.0, 1.1, 2.0):
+        with torch.no_grad():
+            vae.log_sigma.fill_(math.log(rmse * factor))
+        totals[factor] = float(vae.reconstruction_nll(logits, x).sum())
+    assert min(totals, key=totals.get) == 1.0  # the likelihood's best sigma is the RMS error itself
+    with torch.no_grad():
+        vae.log_sigma.fill_(math.log(rmse))
+    vae.reconstruction_nll(logits, x).sum().backward()
+    assert abs(float(vae.log_sigma.grad)) < 1e-2 * 3 * 256  # ~0 there, against a per-pixel scale of 1
+    fixed = VAE(VAEConfig(image_size=16, num_classes=0, latent_dim=4, width=4, likelihood="gaussian", sigma=rmse))
+    assert float(fixed.reconstruction_nll(logits, x).sum()) == pytest.approx(totals[1.0], rel=1e-5)
+    with pytest.raises(ConfigError, match="learn-sigma"):
+        VAEConfig(learn_sigma=True).validate()  # bernoulli has no sigma

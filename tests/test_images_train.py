@@ -202,3 +202,27 @@ def test_torchrun_two_processes_train_a_gan(tmp_path):
     assert state["step"] == 6 and {"optimizer_d", "optimizer_g"} <= set(state)
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
     assert res.stderr.count("gan model:") == 1  # only rank 0 talks
+
+
+def test_cli_trains_with_the_auxiliary_classifier_and_the_learned_sigma(tmp_path, monkeypatch, capsys):
+    from .cli_helpers import cli
+
+    common = ["--data", "shapes", "--image-size", "16", "--steps", "3", "--batch-size", "8", "--eval-every", "3",
+              "--checkpoint-every", "3", "--log-every", "1", "--quiet"]
+    code, _, err = cli(["train", "gan", *common, "--aux-class", "0.5", "--out", str(tmp_path / "gan")], monkeypatch, capsys)
+    assert code == 0, err
+    assert runs.read_config(tmp_path / "gan")["model"]["aux_class"] == 0.5
+    gan = GAN(GANConfig.from_dict(runs.read_config(tmp_path / "gan")["model"]))
+    runs.load_weights(tmp_path / "gan", gan)  # the head is saved with the run
+    assert gan.discriminator.classify is not None
+    assert all(math.isfinite(float(r["d_loss"])) for r in rows(tmp_path / "gan"))
+
+    code, _, err = cli(["train", "vae", *common, "--likelihood", "gaussian", "--learn-sigma", "--sigma", "0.2",
+                        "--out", str(tmp_path / "vae")], monkeypatch, capsys)
+    assert code == 0, err
+    vae = VAE(VAEConfig.from_dict(runs.read_config(tmp_path / "vae")["model"]))
+    runs.load_weights(tmp_path / "vae", vae)
+    assert vae.cfg.learn_sigma and float(vae.log_sigma) != pytest.approx(math.log(0.2))  # it was trained
+    code, _, err = cli(["train", "vae", *common, "--learn-sigma", "--out", str(tmp_path / "bad")], monkeypatch, capsys)
+    assert code == 2 and "learn-sigma needs the gaussian likelihood" in err
+    assert not (tmp_path / "bad" / "model.safetensors").exists()

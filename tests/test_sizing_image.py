@@ -27,8 +27,10 @@ sizes = st.sampled_from([16, 24, 28, 32])
 common = dict(image_size=sizes, channels=st.sampled_from([1, 3]), num_classes=st.integers(0, 6),
               latent_dim=st.integers(1, 24), embed_dim=st.integers(1, 12))
 gan_configs = st.builds(GANConfig, g_width=st.integers(1, 12), d_width=st.integers(1, 12),
-                        mbstd_group=st.sampled_from([0, 2, 4]), **common)
-vae_configs = st.builds(VAEConfig, width=st.integers(1, 12), **common)
+                        mbstd_group=st.sampled_from([0, 2, 4]), aux_class=st.sampled_from([0.0, 0.5]),
+                        **common).filter(lambda c: c.num_classes or not c.aux_class)
+vae_configs = st.builds(VAEConfig, width=st.integers(1, 12), likelihood=st.sampled_from(["bernoulli", "gaussian"]),
+                        learn_sigma=st.booleans(), **common).filter(lambda c: c.likelihood == "gaussian" or not c.learn_sigma)
 configs = st.one_of(gan_configs, vae_configs)
 
 
@@ -65,7 +67,8 @@ def test_analytic_count_equals_the_module(cfg):
         assert groups["latent heads"]["params"] == heads
         assert groups["encoder"]["params"] == numel(model.enc_stem.parameters()) + numel(model.enc_downs.parameters())
         assert groups["decoder"]["params"] == (numel(model.dec_in.parameters()) + numel(model.dec_ups.parameters())
-                                               + numel(model.dec_out.parameters()))
+                                               + numel(model.dec_out.parameters())
+                                               + (1 if cfg.learn_sigma else 0))  # the learned sigma
 
 
 def counted_flops(fn) -> int:
@@ -85,7 +88,8 @@ def test_flops_match_torch_flop_counter(cfg, batch):
     x = torch.rand(batch, cfg.channels, cfg.image_size, cfg.image_size)
     if isinstance(cfg, GANConfig):
         assert counted_flops(lambda: model.ema(z, y)) == batch * f["generator"] == batch * img.generate_flops(a)
-        assert counted_flops(lambda: model.discriminator(x, y)) == batch * f["discriminator"]
+        # (training runs the auxiliary classifier, when there is one, on every discriminator pass)
+        assert counted_flops(lambda: model.discriminator(x, y, class_logits=True)) == batch * f["discriminator"]
     else:
         assert counted_flops(lambda: model.encode(x, y)) == batch * f["encoder"]
         emb = model.class_embedding(y)

@@ -141,6 +141,7 @@ def train_gan_cmd(
     d_lr_mult: Annotated[float, typer.Option(help="Discriminator lr = lr x this.")] = None,
     mbstd_group: Annotated[int, typer.Option(help="Minibatch-stddev group size in the discriminator (0: off).")] = None,
     mode_seeking: Annotated[float, typer.Option(help="Weight of the mode-seeking (MSGAN) term in G's loss (0: off).")] = None,
+    aux_class: Annotated[float, typer.Option(help="Weight of the auxiliary-classifier (AC-GAN) loss (0: off).")] = None,
     resume: ResumeOpt = False, overwrite: OverwriteRunOpt = False, quiet: QuietOpt = False,
 ):
     """Train a class-conditional DCGAN (hinge loss, spectral norm, EMA generator)."""
@@ -163,6 +164,8 @@ def train_vae_cmd(
     width: Annotated[int, typer.Option(help="Channels at full resolution.")] = None,
     likelihood: Annotated[str, typer.Option(help="bernoulli or gaussian.")] = None,
     sigma: Annotated[float, typer.Option(help="Gaussian likelihood: pixel standard deviation (pixels in [0, 1]).")] = None,
+    learn_sigma: Annotated[bool, typer.Option("--learn-sigma/--fixed-sigma",
+                                              help="Gaussian likelihood: learn sigma (sigma-VAE); --sigma starts it.")] = None,
     beta: Annotated[float, typer.Option(help="Weight of the KL term (1: the ELBO).")] = None,
     resume: ResumeOpt = False, overwrite: OverwriteRunOpt = False, quiet: QuietOpt = False,
 ):

@@ -46,11 +46,19 @@ class GANConfig(JsonConfig):
     # (runs made before it existed have no such layer).
     mbstd_group: int = 0
     mode_seeking: float = 0.0  # weight of the MSGAN mode-seeking term in G's loss (0 = off)
+    # Auxiliary classifier (AC-GAN, Odena et al. 2017): D also predicts the class of real images,
+    # and G pays this weight times the cross-entropy of D's prediction on its fakes. It pulls each
+    # class's samples inside the real class's boundary. 0 = off (older runs have no such head).
+    aux_class: float = 0.0
 
     def validate(self) -> None:
         size_plan(self.image_size)
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), not {self.channels}")
+        if self.aux_class < 0:
+            raise ConfigError(f"aux-class must not be negative (got {self.aux_class})")
+        if self.aux_class and not self.num_classes:
+            raise ConfigError("aux-class needs a class-conditional GAN (num-classes > 0)")
         if self.mbstd_group < 0 or self.mbstd_group == 1:
             raise ConfigError(f"mbstd-group must be 0 (off) or at least 2 (got {self.mbstd_group})")
         if self.mode_seeking < 0:
@@ -137,9 +145,13 @@ class Discriminator(nn.Module):
                            if cfg.mbstd_group else None)
         self.head = spectral_norm(nn.Linear(ch[0], 1))
         self.embed = spectral_norm(nn.Embedding(cfg.num_classes, ch[0])) if cfg.num_classes else None
+        # Not spectrally normalised: a classifier needs its logits free to grow confident.
+        self.classify = nn.Linear(ch[0], cfg.num_classes) if cfg.aux_class else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
-        """One unbounded realness score per image (hinge loss wants raw scores).
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, parts: int = 1,
+                class_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """One unbounded realness score per image (hinge loss wants raw scores); with
+        ``class_logits``, also the auxiliary classifier's logits (None when it has none).
 
         ``parts``: the batch is that many equal blocks (real images, then fakes) that the minibatch
         statistic must not mix: a group holding real and fake images would tell D nothing."""
@@ -153,6 +165,8 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             # Projection: the label picks a direction in feature space that "real for this class" points to.
             score = score + (self.embed(labels) * h).sum(dim=1)
+        if class_logits:
+            return score, None if self.classify is None else self.classify(h)
         return score
 
 
@@ -207,8 +221,9 @@ class GAN(nn.Module):
                 real: torch.Tensor | None = None, augment=None) -> tuple[torch.Tensor, ...]:
         """The two training passes go through forward() so DistributedDataParallel sees them.
 
-        ``"d"``: scores of real images and of fakes (made without gradients); ``"g"``: scores of
-        fakes and the fakes, with gradients flowing back into the generator. ``augment``: a
+        ``"d"``: scores of real images and of fakes (made without gradients), and the auxiliary
+        classifier's logits for the real images; ``"g"``: scores of fakes, the fakes and their class
+        logits, with gradients flowing back into the generator (logits are None without ``aux_class``). ``augment``: a
         differentiable transform of every image D sees (few-shot fine-tuning: genlab.train.diffaugment); in ``"d"`` it gets the
         real images and then the fakes as one batch."""
         if phase == "d":
@@ -219,11 +234,16 @@ class GAN(nn.Module):
             both = torch.cat([real, fake])
             if augment is not None:
                 both = augment(both)
-            scores = self.discriminator(both, None if labels is None else torch.cat([labels, labels]), parts=2)
-            return scores[: real.size(0)], scores[real.size(0):]
+            scores, logits = self.discriminator(both, None if labels is None else torch.cat([labels, labels]),
+                                                parts=2, class_logits=True)
+            n = real.size(0)
+            # The classifier learns from real images only: taught on fakes too, it could agree
+            # with a generator that draws the wrong class.
+            return scores[:n], scores[n:], None if logits is None else logits[:n]
         if phase == "g":
             fake = self.generator(z, labels)
-            return self.discriminator(fake if augment is None else augment(fake), labels), fake
+            scores, logits = self.discriminator(fake if augment is None else augment(fake), labels, class_logits=True)
+            return scores, fake, logits
         raise ValueError(f"unknown GAN phase '{phase}'")
 
     @torch.no_grad()

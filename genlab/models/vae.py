@@ -6,7 +6,10 @@ optional class conditioning.
 - Decoder: the mirror image, from z (plus the label embedding) to per-pixel logits.
 - Likelihood: ``bernoulli`` treats pixel intensities in [0, 1] as probabilities (the classic choice
   for MNIST-like data); ``gaussian`` uses a fixed standard deviation ``sigma`` around the decoded
-  mean. Both decode to a mean image sigmoid(logits) in [0, 1].
+  mean. Both decode to a mean image sigmoid(logits) in [0, 1]. With ``learn_sigma`` the Gaussian's
+  standard deviation is one learned scalar (the sigma-VAE of Rybkin et al. 2021): it settles at the
+  reconstruction error, so the reconstruction term weighs more as the decoder improves, where a
+  fixed sigma (or Bernoulli) leaves the KL term free to keep blurring the samples.
 - Objective (per image, in nats): recon + beta * KL(q(z|x) || N(0, I)). With beta = 1 this is the
   negative ELBO, an upper bound on -log p(x).
 """
@@ -25,6 +28,7 @@ from genlab.jsonconfig import JsonConfig
 from genlab.models.conv import size_plan, widths
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+MIN_LOG_SIGMA = math.log(1e-3)  # a learned sigma stays above a thousandth of the pixel range
 
 
 @dataclass
@@ -36,7 +40,8 @@ class VAEConfig(JsonConfig):
     embed_dim: int = 16  # label embedding (conditional only)
     width: int = 32  # channels at full resolution (doubling towards the bottom)
     likelihood: str = "bernoulli"  # bernoulli | gaussian
-    sigma: float = 0.1  # gaussian likelihood: fixed pixel standard deviation (pixels in [0, 1])
+    sigma: float = 0.1  # gaussian likelihood: pixel standard deviation (pixels in [0, 1]); the start value if learned
+    learn_sigma: bool = False  # gaussian likelihood: learn sigma (one scalar) instead of fixing it
     beta: float = 1.0  # weight of the KL term (beta-VAE); 1 = the true ELBO
 
     def validate(self) -> None:
@@ -52,6 +57,8 @@ class VAEConfig(JsonConfig):
             raise ConfigError(f"unknown likelihood '{self.likelihood}'; choose {' or '.join(LIKELIHOODS)}")
         if self.sigma <= 0:
             raise ConfigError(f"sigma must be positive (got {self.sigma})")
+        if self.learn_sigma and self.likelihood != "gaussian":
+            raise ConfigError("learn-sigma needs the gaussian likelihood")
         if self.beta < 0:
             raise ConfigError(f"beta must not be negative (got {self.beta})")
 
@@ -67,6 +74,7 @@ class VAE(nn.Module):
         flat = ch[0] * self.base * self.base
         e = cfg.embed_dim if cfg.num_classes else 0
         self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes else None
+        self.log_sigma = nn.Parameter(torch.tensor(math.log(cfg.sigma))) if cfg.learn_sigma else None
         # Encoder: full resolution -> base x base.
         self.enc_stem = nn.Conv2d(cfg.channels, ch[-1], 3, padding=1)
         self.enc_downs = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i], 4, stride=2, padding=1)
@@ -124,8 +132,12 @@ class VAE(nn.Module):
         if self.cfg.likelihood == "bernoulli":
             nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
         else:
-            s = self.cfg.sigma
-            nll = 0.5 * ((x - torch.sigmoid(logits)) / s) ** 2 + math.log(s) + 0.5 * math.log(2 * math.pi)
+            if self.log_sigma is None:
+                s, log_s = self.cfg.sigma, math.log(self.cfg.sigma)
+            else:  # floored: a decoder that copied its input exactly would otherwise drive sigma to 0
+                log_s = self.log_sigma.float().clamp(min=MIN_LOG_SIGMA)
+                s = log_s.exp()
+            nll = 0.5 * ((x - torch.sigmoid(logits)) / s) ** 2 + log_s + 0.5 * math.log(2 * math.pi)
         return nll.flatten(1).sum(dim=1)
 
     @staticmethod

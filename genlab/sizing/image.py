@@ -156,6 +156,8 @@ def _gan_discriminator(c: GANConfig) -> list[Layer]:
     if c.num_classes:
         layers.append(_embedding(f"projection embedding ({c.num_classes} x {ch[0]})", g, c.num_classes, ch[0],
                                  sn=True))
+    if c.aux_class:
+        layers.append(_linear(f"auxiliary classifier ({ch[0]} -> {c.num_classes})", g, ch[0], c.num_classes))
     return layers
 
 
@@ -164,6 +166,8 @@ def _vae(c: VAEConfig) -> list[Layer]:
     flat = ch[0] * base * base
     e = c.embed_dim if c.num_classes else 0
     layers = [_embedding("label embedding", "label embedding", c.num_classes, c.embed_dim)] if c.num_classes else []
+    if c.learn_sigma:  # (a module's own parameters come first in its state dict)
+        layers.insert(0, Layer("learned likelihood sigma (one scalar)", "decoder", 0, 1, tensors=1))
     side = c.image_size
     layers.append(_conv(f"stem conv {c.channels} -> {ch[n]} ch", "encoder", c.channels, ch[n], 3, side))
     for j, i in enumerate(reversed(range(n))):

@@ -161,6 +161,12 @@ def grow_classes(model: GAN | VAE, n_new: int, seed: int) -> None:
         raw = d.embed.parametrizations.weight.original
         # A new spectral_norm wrapper runs the power iteration for the grown table from the start.
         d.embed = spectral_norm(_grown(raw, _new_rows(raw, n_new, gen)))
+        if d.classify is not None:  # the auxiliary classifier gets one output per new class
+            old = d.classify
+            d.classify = nn.Linear(old.in_features, total)
+            with torch.no_grad():
+                d.classify.weight[: old.out_features] = old.weight
+                d.classify.bias[: old.out_features] = old.bias
     else:
         model.embed = _grown(model.embed.weight, _new_rows(model.embed.weight, n_new, gen))
     model.cfg.num_classes = total

@@ -265,8 +265,10 @@ class GANTask(_ImageTask):
                 if d_iter == 0:
                     first.append(batch)
                 with ctx.sync(micro), ctx.autocast():
-                    s_real, s_fake = ctx.model("d", z_d, labels, real, aug_d)
+                    s_real, s_fake, c_real = ctx.model("d", z_d, labels, real, aug_d)
                     loss = F.relu(1 - s_real.float()).mean() + F.relu(1 + s_fake.float()).mean()
+                    if c_real is not None:
+                        loss = loss + cfg.aux_class * F.cross_entropy(c_real.float(), labels)
                 ctx.backward(loss / accum)
                 scale = 1.0 / (accum * cfg.d_steps)
                 d_loss += loss.item() * scale
@@ -284,8 +286,10 @@ class GANTask(_ImageTask):
                 if cfg.mode_seeking:
                     labels = pair_labels(labels)
                 with ctx.sync(micro), ctx.autocast():
-                    s_gen, fake = ctx.model("g", z_g, labels, None, aug_g)
+                    s_gen, fake, c_fake = ctx.model("g", z_g, labels, None, aug_g)
                     loss = -s_gen.float().mean()
+                    if c_fake is not None:
+                        loss = loss + cfg.aux_class * F.cross_entropy(c_fake.float(), labels)
                     if cfg.mode_seeking:
                         loss = loss + cfg.mode_seeking * mode_seeking_penalty(fake, z_g)
                     if self.replay is not None:
