@@ -165,7 +165,7 @@ def test_learned_sigma_is_optimal_at_the_reconstruction_error_and_needs_the_gaus
     for factor in (0.5, 0.9, 1.0, 1.1, 2.0):
         with torch.no_grad():
             vae.log_sigma.fill_(math.log(rmse * factor))
-        totals[factor] = float(vae.reconstruction_nll(logits, x).sum())
+            totals[factor] = float(vae.reconstruction_nll(logits, x).sum())
     assert min(totals, key=totals.get) == 1.0  # the likelihood's best sigma is the RMS error itself
     with torch.no_grad():
         vae.log_sigma.fill_(math.log(rmse))
