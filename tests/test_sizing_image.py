@@ -158,7 +158,8 @@ def test_large_models_are_built_on_the_meta_device(monkeypatch):
 
 def test_preset_report_numbers():
     r = analyse(resolve("gan-small"), SizeOptions(batch=4), [FAKE], FAKE)
-    cfg = GANConfig(latent_dim=64, embed_dim=64, g_width=16, d_width=16, mbstd_group=4)  # train/image.py's "small"
+    cfg = GANConfig(latent_dim=64, embed_dim=64, g_width=16, d_width=16, mbstd_group=4,
+                    aux_class=0.5)  # train/image.py's "small"
     model = GAN(cfg)
     p = r["parameters"]
     assert p["total"] == numel(model.parameters())
