@@ -8,8 +8,8 @@ optional class conditioning.
   for MNIST-like data); ``gaussian`` uses a fixed standard deviation ``sigma`` around the decoded
   mean. Both decode to a mean image sigmoid(logits) in [0, 1]. With ``learn_sigma`` the Gaussian's
   standard deviation is one learned scalar (the sigma-VAE of Rybkin et al. 2021): it settles at the
-  reconstruction error, so the reconstruction term weighs more as the decoder improves, where a
-  fixed sigma (or Bernoulli) leaves the KL term free to keep blurring the samples.
+  RMS reconstruction error, so the reconstruction term's weight follows the decoder. (On
+  Fashion-MNIST it made prior samples worse than Bernoulli: docs/images.md.)
 - Objective (per image, in nats): recon + beta * KL(q(z|x) || N(0, I)). With beta = 1 this is the
   negative ELBO, an upper bound on -log p(x).
 """
