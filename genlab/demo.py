@@ -114,8 +114,10 @@ def _image_demo(con: Console, run: Path, minutes: float) -> None:
     train_image(ImageTrainSpec(family="vae", run=run, data=ImageDataConfig(source="fashion-mnist"),
                                preset="small", train=tcfg, overwrite=True))
     gen = ImageGenerator.from_run(run)
-    grid = save_grid(gen.sample(40, labels=[i % 10 for i in range(40)], seed=0), run / "demo-grid.png", nrow=10,
-                     scale=2)
+    per_row = 8
+    labels = [c for c in range(len(gen.class_names)) for _ in range(per_row)]
+    grid = save_grid(gen.sample(len(labels), labels=labels, seed=0), run / "demo-grid.png", nrow=per_row,
+                     scale=2, row_labels=list(gen.class_names))
     walk = write_animation(walk_frames(gen, n=10, keyframes=4, frames=12), run / "demo-walk.gif", scale=4)
     con.print(f"samples (a row per class) -> {grid}; latent walk -> {walk}")
 

@@ -135,6 +135,10 @@ def test_evaluate_vae_and_gan_runs(tmp_path):
     assert 0 <= vae["precision"] <= 1 and 0 <= vae["recall"] <= 1
     assert vae["n_precision_recall"] == min(200, len(data.test))
     assert 0 <= vae["conditional_accuracy"] <= 1
+    per_class = vae["class_accuracy"]
+    assert list(per_class) == list(data.class_names)  # 200 samples, 50 per class: the mean is their mean
+    assert vae["conditional_accuracy"] == pytest.approx(sum(per_class.values()) / len(per_class))
+    assert "per class, worst first" in format_report(vae)
     assert vae["nelbo_nats"] > 0
     assert vae["bits_per_dim"] == pytest.approx(vae["nelbo_nats"] / (16 * 16 * math.log(2)))
     assert "not Inception FID" in format_report(vae) and "biased" in format_report(vae)

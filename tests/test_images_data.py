@@ -143,3 +143,29 @@ def test_shapes_are_seeded_and_batches_follow_the_rng():
     x1, y1 = a.batch(np.random.default_rng(1), 5)
     x2, y2 = a.batch(np.random.default_rng(1), 5)
     assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+
+
+def test_two_writers_of_one_cache_entry_do_not_trip_over_each_other(tmp_path):
+    """Two trainings on one new folder both build its cache entry; each writer's temporary file is its
+    own, so neither renames the other's away (a fixed `name.tmp` made one of them crash)."""
+    import threading
+
+    from genlab import runs
+
+    target, errors = tmp_path / "entry.npz", []
+
+    def write(payload: bytes) -> None:
+        try:
+            for _ in range(200):
+                runs.atomic_write_bytes(target, payload)
+        except OSError as e:  # pragma: no cover - the failure this test is for
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(bytes([i]) * 4096,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert target.read_bytes() in {bytes([i]) * 4096 for i in range(4)}  # whole, from one writer
+    assert [p.name for p in tmp_path.iterdir()] == ["entry.npz"]  # no temporary file left behind

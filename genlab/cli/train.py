@@ -61,7 +61,10 @@ from genlab.cli.options import (
 
 app = typer.Typer(no_args_is_help=True, help="Train a model: lm, gan, vae, upscale or music.")
 
-ImgPresetOpt = Annotated[str, typer.Option(help="Model preset: tiny or small.")]
+ImgPresetOpt = Annotated[str, typer.Option(help="Model preset: tiny, small, or rgb32 / rgb64 for colour folders "
+                                                    "of that side.")]
+ImgRgbDefaultOpt = Annotated[bool, typer.Option("--rgb/--gray", help="Colour (3 channels) or grayscale; "
+                                                "default: the preset's (rgb32/rgb64: colour), else grayscale.")]
 ImgCondOpt = Annotated[bool, typer.Option("--conditional/--unconditional", help="Condition on the class label.")]
 LatentOpt = Annotated[int, typer.Option(help="Size of the latent z.")]
 EmbedOpt = Annotated[int, typer.Option(help="Size of the label embedding.")]
@@ -124,7 +127,7 @@ def train_lm_cmd(
 @app.command("gan")
 def train_gan_cmd(
     data: ImgDataOpt = "fashion-mnist", out_dir: RunOutOpt = None, preset: ImgPresetOpt = "tiny",
-    image_size: ImgSizeOpt = None, rgb: ImgRgbOpt = False, conditional: ImgCondOpt = True,
+    image_size: ImgSizeOpt = None, rgb: ImgRgbDefaultOpt = None, conditional: ImgCondOpt = True,
     test_fraction: ImgTestFracOpt = 0.1,
     steps: StepsOpt = None, minutes: MinutesOpt = None, batch_size: ImgBatchOpt = None,
     grad_accum: GradAccumOpt = None, lr: ImgLrOpt = None, betas: BetasOpt = None, warmup: WarmupOpt = None,
@@ -151,7 +154,7 @@ def train_gan_cmd(
 @app.command("vae")
 def train_vae_cmd(
     data: ImgDataOpt = "fashion-mnist", out_dir: RunOutOpt = None, preset: ImgPresetOpt = "tiny",
-    image_size: ImgSizeOpt = None, rgb: ImgRgbOpt = False, conditional: ImgCondOpt = True,
+    image_size: ImgSizeOpt = None, rgb: ImgRgbDefaultOpt = None, conditional: ImgCondOpt = True,
     test_fraction: ImgTestFracOpt = 0.1,
     steps: StepsOpt = None, minutes: MinutesOpt = None, batch_size: ImgBatchOpt = None,
     grad_accum: GradAccumOpt = None, lr: ImgLrOpt = None, betas: BetasOpt = None, warmup: WarmupOpt = None,
@@ -176,13 +179,14 @@ def train_vae_cmd(
 def _train_image(family: str, args: dict[str, Any]) -> None:
     """`train gan` and `train vae`: the same data and training flags; the model flags are the family's."""
     from genlab.data.images import ImageDataConfig
-    from genlab.train.image import CONFIGS, ImageTrainSpec, check_preset, train_image
+    from genlab.train.image import CONFIGS, ImageTrainSpec, check_preset, preset_data_defaults, train_image
 
     data, preset, quiet = args["data"], args["preset"], args["quiet"]
     check_preset(family, preset)
     run = args["out_dir"] or Path("runs") / f"{family}-{preset}"
-    dcfg = ImageDataConfig(source=data, image_size=args["image_size"] or (28 if data == "fashion-mnist" else 32),
-                           channels=3 if args["rgb"] else 1, test_fraction=args["test_fraction"])
+    image_size, channels = preset_data_defaults(preset, args["image_size"], args["rgb"], data)
+    dcfg = ImageDataConfig(source=data, image_size=image_size, channels=channels,
+                           test_fraction=args["test_fraction"])
     result = train_image(ImageTrainSpec(
         family=family, run=run, data=dcfg, preset=preset, conditional=args["conditional"],
         model_overrides=model_overrides(args, [f.name for f in fields(CONFIGS[family])]),

@@ -189,13 +189,34 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def label_rows(picture: np.ndarray, names: list[str], pad: int = 2) -> np.ndarray:
+    """The grid with a margin on its left that names each of its rows (white on black, Pillow's
+    built-in font), so a reader can check each row against the class it was asked for."""
+    from PIL import ImageDraw, ImageFont
+
+    height, _, channels = picture.shape
+    row_h = (height - pad) / len(names)
+    font = ImageFont.load_default(size=max(10, min(int(row_h * 0.5), 18)))
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    margin = 8 + max(int(probe.textlength(n, font=font)) for n in names)
+    strip = Image.new("L", (margin, height), 0)
+    draw = ImageDraw.Draw(strip)
+    for r, name in enumerate(names):
+        draw.text((4, pad + (r + 0.5) * row_h), name, fill=255, font=font, anchor="lm")
+    left = np.repeat(np.asarray(strip)[..., None], channels, axis=2)
+    return np.concatenate([left, picture], axis=1)
+
+
 def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, scale: int = 1,
-              mark: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
-    """``mark``: applied to the enlarged picture before it is written (e.g. an image watermark)."""
+              mark: Callable[[np.ndarray], np.ndarray] | None = None, row_labels: list[str] | None = None) -> Path:
+    """``mark``: applied to the enlarged picture before it is written (e.g. an image watermark).
+    ``row_labels``: a name for each row, written in a left margin."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--out must be a .png file (got '{path.name}')")
     picture = upscale(make_grid(images, nrow), scale)
+    if row_labels:
+        picture = label_rows(picture, row_labels)
     runs.atomic_write_bytes(path, png_bytes(mark(picture) if mark else picture))
     return path
 

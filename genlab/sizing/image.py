@@ -48,7 +48,7 @@ CONV, LINEAR, NORM, EMBEDDING = "conv", "linear", "norm", "embedding"
 # int8 quantises the matrices only, as the LM's int8 format does (per-channel scales add < 0.1%).
 WEIGHT_FORMATS: dict[str, tuple[int, int]] = {"fp32": (32, 32), "fp16": (16, 16), "int8": (8, 16)}
 IMAGE_FAMILIES = ("gan", "vae")
-PRESETS = tuple(f"{fam}-{p}" for fam in IMAGE_FAMILIES for p in ("tiny", "small"))
+PRESETS = tuple(f"{fam}-{p}" for fam in IMAGE_FAMILIES for p in ("tiny", "small", "rgb32", "rgb64"))
 SMALL_MODEL = 20_000_000  # parameters: built on the CPU before moving to the meta device
 
 
@@ -385,17 +385,23 @@ def preset_names(family: str) -> tuple[str, ...]:
 
 def from_preset(spec: str) -> ImageArch:
     """``gan-small`` etc.: the model preset at the default data's shape (28 px grayscale, 10 classes:
-    Fashion-MNIST), as `genlab train gan --preset small` builds it."""
+    Fashion-MNIST), as `genlab train gan --preset small` builds it; the colour presets at their own
+    shape with the six classes of `genlab data draw`."""
+    from genlab.data.drawn import CLASSES as DRAWN_CLASSES
     from genlab.data.images import ImageDataConfig
-    from genlab.train.image import MODEL_PRESETS, TRAIN_PRESETS
+    from genlab.train.image import MODEL_PRESETS, PRESET_DATA, TRAIN_PRESETS
 
     family, preset = spec.split("-", 1)
-    data = ImageDataConfig()
+    if preset in PRESET_DATA:
+        data = ImageDataConfig(source="a `genlab data draw` folder", **PRESET_DATA[preset])
+        classes = len(DRAWN_CLASSES)
+    else:
+        data, classes = ImageDataConfig(), 10
     values = {**MODEL_PRESETS[family][preset], "image_size": data.image_size, "channels": data.channels,
-              "num_classes": 10}
+              "num_classes": classes}
     return ImageArch(spec, family, _config(family, values, spec),
                      f"genlab {family} preset '{preset}' at {data.image_size} px x {data.channels} ch, "
-                     f"10 classes ({data.source})", TRAIN_PRESETS[family][preset]["batch_size"])
+                     f"{classes} classes ({data.source})", TRAIN_PRESETS[family][preset]["batch_size"])
 
 
 # ---- the analysis ------------------------------------------------------------------------------------------------

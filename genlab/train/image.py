@@ -40,7 +40,8 @@ FAMILIES = ("gan", "vae")
 CONFIGS: dict[str, type] = {"gan": GANConfig, "vae": VAEConfig}
 
 # Model presets. tiny: trains a few steps in seconds on 16-28 px drawn shapes (tests, dry runs).
-# small: a few CPU minutes on Fashion-MNIST give recognisable clothing.
+# small: a few CPU minutes on Fashion-MNIST give recognisable clothing. rgb32, rgb64: colour folders
+# of that side (`genlab data draw` makes one).
 MODEL_PRESETS: dict[str, dict[str, dict]] = {
     "gan": {
         "tiny": dict(latent_dim=32, embed_dim=16, g_width=8, d_width=8, mbstd_group=4, mode_seeking=0.3),
@@ -52,11 +53,27 @@ MODEL_PRESETS: dict[str, dict[str, dict]] = {
         # recall 0.55 -> 0.56, accuracy 81.9% -> 94.4%.
         "small": dict(latent_dim=64, embed_dim=64, g_width=16, d_width=16, mbstd_group=4, mode_seeking=0.3,
                       aux_class=0.5),
+        # Colour folders (PRESET_DATA): the small preset's recipe, with widths that keep a step
+        # affordable on a CPU at 32 and 64 px (the full-resolution layers cost the most there).
+        "rgb32": dict(latent_dim=128, embed_dim=64, g_width=16, d_width=16, mbstd_group=4, mode_seeking=0.3,
+                      aux_class=0.5),
+        "rgb64": dict(latent_dim=128, embed_dim=64, g_width=8, d_width=8, mbstd_group=4, mode_seeking=0.3,
+                      aux_class=0.5),
     },
     "vae": {
         "tiny": dict(latent_dim=8, embed_dim=8, width=8),
         "small": dict(latent_dim=16, embed_dim=16, width=32),
+        "rgb32": dict(latent_dim=32, embed_dim=16, width=32),
+        "rgb64": dict(latent_dim=64, embed_dim=16, width=16),
     },
+}
+
+# The data shape a preset is made for (the others take theirs from the data). `--image-size` and
+# `--gray` default to it, and data of another shape is refused rather than trained on widths tuned
+# for something else.
+PRESET_DATA: dict[str, dict[str, int]] = {
+    "rgb32": dict(image_size=32, channels=3),
+    "rgb64": dict(image_size=64, channels=3),
 }
 
 # Training defaults. The GAN keeps a constant lr (no warmup, no decay) and the DCGAN/SNGAN Adam
@@ -67,12 +84,20 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
                      weight_decay=0.0, grad_clip=0.0, eval_every=50, checkpoint_every=50, eval_batches=2),
         "small": dict(batch_size=32, lr=2e-4, betas=(0.5, 0.999), warmup_steps=0, min_lr_ratio=1.0,
                       weight_decay=0.0, grad_clip=0.0, eval_every=500, checkpoint_every=500, eval_batches=8),
+        "rgb32": dict(batch_size=32, lr=2e-4, betas=(0.5, 0.999), warmup_steps=0, min_lr_ratio=1.0,
+                      weight_decay=0.0, grad_clip=0.0, eval_every=500, checkpoint_every=500, eval_batches=8),
+        "rgb64": dict(batch_size=32, lr=2e-4, betas=(0.5, 0.999), warmup_steps=0, min_lr_ratio=1.0,
+                      weight_decay=0.0, grad_clip=0.0, eval_every=250, checkpoint_every=250, eval_batches=4),
     },
     "vae": {
         "tiny": dict(batch_size=16, lr=3e-3, betas=(0.9, 0.999), warmup_steps=10, weight_decay=0.0,
                      eval_every=50, checkpoint_every=50, eval_batches=2),
         "small": dict(batch_size=64, lr=2e-3, betas=(0.9, 0.999), warmup_steps=50, weight_decay=0.0,
                       eval_every=200, checkpoint_every=200, eval_batches=10),
+        "rgb32": dict(batch_size=64, lr=2e-3, betas=(0.9, 0.999), warmup_steps=50, weight_decay=0.0,
+                      eval_every=200, checkpoint_every=200, eval_batches=8),
+        "rgb64": dict(batch_size=32, lr=2e-3, betas=(0.9, 0.999), warmup_steps=50, weight_decay=0.0,
+                      eval_every=200, checkpoint_every=200, eval_batches=8),
     },
 }
 
@@ -88,6 +113,24 @@ def check_preset(family: str, preset: str) -> None:
         raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(MODEL_PRESETS[family])}")
 
 
+def check_preset_data(preset: str, image_size: int, channels: int) -> None:
+    """A preset made for one data shape (PRESET_DATA) refuses another, naming what it is for."""
+    want = PRESET_DATA.get(preset)
+    if want and (image_size, channels) != (want["image_size"], want["channels"]):
+        shape = f"{image_size} px {'RGB' if channels == 3 else 'grayscale'}"
+        raise ConfigError(f"preset '{preset}' is for {want['image_size']} px RGB images, not {shape}; "
+                          f"give --image-size {want['image_size']} --rgb, or another preset")
+
+
+def preset_data_defaults(preset: str, image_size: int | None, rgb: bool | None, source: str) -> tuple[int, int]:
+    """(image size, channels) for the data: what the user gave, else the preset's shape, else 28 px for
+    Fashion-MNIST and 32 px for anything else, grayscale."""
+    want = PRESET_DATA.get(preset, {})
+    size = image_size or want.get("image_size") or (28 if source == "fashion-mnist" else 32)
+    channels = (3 if rgb else 1) if rgb is not None else want.get("channels", 1)
+    return size, channels
+
+
 def image_train_config(family: str, preset: str = "tiny", **overrides) -> TrainConfig:
     check_preset(family, preset)
     values = dict(TRAIN_PRESETS[family][preset])
@@ -100,6 +143,7 @@ def image_train_config(family: str, preset: str = "tiny", **overrides) -> TrainC
 def model_config(family: str, preset: str, data: ImageData, conditional: bool = True, **overrides):
     """The model config for ``data`` (image size, channels, classes) from a preset plus overrides."""
     check_preset(family, preset)
+    check_preset_data(preset, data.config.image_size, data.config.channels)
     cls = CONFIGS[family]
     values = dict(MODEL_PRESETS[family][preset])
     values.update(image_size=data.config.image_size, channels=data.config.channels,
@@ -351,6 +395,7 @@ def train_image(spec: ImageTrainSpec) -> TrainResult:
         runs.require_new(run, spec.overwrite)
         data_cfg = spec.data
         size_plan(data_cfg.image_size)  # an unsupported size fails before any image is decoded
+        check_preset_data(spec.preset, data_cfg.image_size, data_cfg.channels)
 
     # Rank 0 decodes (or finds cached) images first; the other ranks then read its cache entry.
     data = dist.main_first(lambda: load_image_data(data_cfg))
