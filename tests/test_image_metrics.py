@@ -139,6 +139,11 @@ def test_evaluate_vae_and_gan_runs(tmp_path):
     assert list(per_class) == list(data.class_names)  # 200 samples, 50 per class: the mean is their mean
     assert vae["conditional_accuracy"] == pytest.approx(sum(per_class.values()) / len(per_class))
     assert "per class, worst first" in format_report(vae)
+    # the ceiling beside each class: the classifier's accuracy on that class's real test images
+    real_pred = clf.run(data.test.images)[1]
+    assert list(vae["class_accuracy_real"]) == list(data.class_names)
+    for j, name in enumerate(data.class_names):
+        assert vae["class_accuracy_real"][name] == pytest.approx((real_pred[data.test.labels == j] == j).mean())
     assert vae["nelbo_nats"] > 0
     assert vae["bits_per_dim"] == pytest.approx(vae["nelbo_nats"] / (16 * 16 * math.log(2)))
     assert "not Inception FID" in format_report(vae) and "biased" in format_report(vae)

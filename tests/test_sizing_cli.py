@@ -93,8 +93,8 @@ def test_unsupported_config_is_a_genlab_error(tmp_path):
 
 
 def test_registry_holds_every_family_with_its_reader_and_presets():
-    presets = {"lm": ("tiny", "small", "base"), "gan": ("gan-tiny", "gan-small"), "vae": ("vae-tiny", "vae-small"),
-               "upscale": ("upscale-tiny", "upscale-small")}
+    presets = {"lm": ("tiny", "small", "base"), "gan": ("gan-tiny", "gan-small", "gan-rgb32", "gan-rgb64"),
+               "vae": ("vae-tiny", "vae-small", "vae-rgb32", "vae-rgb64"), "upscale": ("upscale-tiny", "upscale-small")}
     assert {name: f.presets() for name, f in FAMILIES.items()} == presets
     models = {"lm": {"d_model": 64, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "ffn_hidden": 128, "vocab_size": 300,
                      "context": 128}, "gan": {"g_width": 16}, "vae": {"width": 16}, "upscale": {"width": 8}}

@@ -11,7 +11,7 @@ import typer
 def demo_cmd(
     minutes: Annotated[float, typer.Option(help="LoRA fine-tuning budget of the foundation model (without its "
                                                 "wheel: the from-scratch LM's training budget).")] = 2.0,
-    image_minutes: Annotated[float, typer.Option(help="VAE training budget.")] = 1.5,
+    image_minutes: Annotated[float, typer.Option(help="Training budget of the image GAN.")] = 3.0,
     scratch_minutes: Annotated[float, typer.Option(help="Budget of the small LM trained from scratch for the "
                                                         "shrink-and-ship step (0: skip both).")] = 1.0,
     studio: Annotated[bool, typer.Option("--studio/--no-studio", help="Make a studio bundle.")] = True,
