@@ -114,6 +114,15 @@ def test_minibatch_stddev_groups_never_mix_real_and_fake_images():
     assert torch.all(minibatch_stddev(torch.randn(5, 2, 3, 3), group=4) == 0)  # 5 is prime: groups of 1
 
 
+def test_minibatch_stddev_is_the_groups_mean_standard_deviation():
+    torch.manual_seed(0)
+    h = torch.randn(8, 3, 4, 4).contiguous(memory_format=torch.channels_last)  # the trainer's layout
+    out = minibatch_stddev(h, group=4)
+    for g in range(2):  # the definition, through torch.var, group by group
+        want = (h[4 * g: 4 * g + 4].var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
+        assert torch.allclose(out[4 * g: 4 * g + 4], want.expand(4, 1, 4, 4), atol=1e-6)
+
+
 def test_gan_with_minibatch_stddev_scores_any_batch_size():
     torch.manual_seed(0)
     gan = GAN(GANConfig(image_size=16, num_classes=3, latent_dim=8, embed_dim=4, g_width=4, d_width=4,

@@ -181,7 +181,10 @@ def minibatch_stddev(h: torch.Tensor, group: int, parts: int = 1) -> torch.Tenso
     if g == 1:  # a single image has no spread to show; give D a constant instead
         return h.new_zeros(n, 1, hh, ww)
     grouped = h.float().view(n // g, g, c, hh, ww)
-    spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # one per group
+    # The variance written out: aten::var over this middle dimension took 7-10 ms a call on the CPU
+    # (a quarter of a small-preset step), the mean of squared deviations 0.9 ms, the same values.
+    deviation = grouped - grouped.mean(dim=1, keepdim=True)
+    spread = (deviation.square().mean(dim=1) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # one per group
     return spread.to(h.dtype).repeat_interleave(g).view(n, 1, 1, 1).expand(n, 1, hh, ww)
 
 
