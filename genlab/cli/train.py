@@ -65,6 +65,7 @@ ImgPresetOpt = Annotated[str, typer.Option(help="Model preset: tiny, small, or r
                                                     "of that side.")]
 ImgRgbDefaultOpt = Annotated[bool, typer.Option("--rgb/--gray", help="Colour (3 channels) or grayscale; "
                                                 "default: the preset's (rgb32/rgb64: colour), else grayscale.")]
+UpscalePresetOpt = Annotated[str, typer.Option(help="Model preset: tiny or small.")]
 ImgCondOpt = Annotated[bool, typer.Option("--conditional/--unconditional", help="Condition on the class label.")]
 LatentOpt = Annotated[int, typer.Option(help="Size of the latent z.")]
 EmbedOpt = Annotated[int, typer.Option(help="Size of the label embedding.")]
@@ -200,7 +201,7 @@ def _train_image(family: str, args: dict[str, Any]) -> None:
 
 @app.command("upscale")
 def train_upscale_cmd(
-    data: ImgDataOpt = "fashion-mnist", out_dir: RunOutOpt = None, preset: ImgPresetOpt = "tiny",
+    data: ImgDataOpt = "fashion-mnist", out_dir: RunOutOpt = None, preset: UpscalePresetOpt = "tiny",
     scale: Annotated[int, typer.Option(help="Enlargement the model learns: 2 or 4 (default 2; a resumed run keeps its own).")] = None,
     image_size: Annotated[int, typer.Option(help="Square side the data set's images are brought to (default: 28 for "
                                                  "fashion-mnist, else 64).")] = None,
