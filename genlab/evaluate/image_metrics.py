@@ -169,10 +169,11 @@ def evaluate_image_run(run: str | Path, n: int = 10_000, k: int = 3, seed: int =
         "precision": precision, "recall": recall, "k": k, "n_precision_recall": m,
     }
     if gen.conditional:
-        hits = np.asarray(scored)[fake_pred] == np.asarray(labels)
+        asked = np.asarray(labels)
+        hits = np.asarray(scored)[fake_pred] == asked
         res["conditional_accuracy"] = float(hits.mean())
         # Per class, so a grid's weak row has a number (the mean hides one class at 40% among nine at 95%).
-        res["class_accuracy"] = {gen.class_names[c]: float(hits[np.asarray(labels) == c].mean()) for c in scored}
+        res["class_accuracy"] = {gen.class_names[c]: float(hits[asked == c].mean()) for c in scored}
         # The classifier's own accuracy on each class's real test images: the ceiling a generated row can
         # be expected to reach (real shirts are the classifier's hardest Fashion-MNIST class too).
         res["class_accuracy_real"] = {gen.class_names[m]: float((real_pred[real.labels == j] == j).mean())

@@ -386,7 +386,7 @@ def preset_names(family: str) -> tuple[str, ...]:
 def from_preset(spec: str) -> ImageArch:
     """``gan-small`` etc.: the model preset at the default data's shape (28 px grayscale, 10 classes:
     Fashion-MNIST), as `genlab train gan --preset small` builds it; the colour presets at their own
-    shape with the six classes of `genlab data draw`."""
+    shape with the eight classes of `genlab data draw`."""
     from genlab.data.drawn import CLASSES as DRAWN_CLASSES
     from genlab.data.images import ImageDataConfig
     from genlab.train.image import MODEL_PRESETS, PRESET_DATA, TRAIN_PRESETS
