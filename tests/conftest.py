@@ -74,15 +74,25 @@ def corpus_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, corpus_dir) -> Path:
     """A tiny LM trained for a few dozen steps, shared by generation/eval tests (read-only)."""
+    import torch
+
     from genlab.config import DataConfig, train_config
     from genlab.train.lm import LMTrainSpec, train_lm
 
     os.environ["GENLAB_CACHE"] = str(tmp_path_factory.getbasetemp() / "genlab-cache")
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    train_lm(LMTrainSpec(
-        run=run, data=DataConfig(corpus=[str(corpus_dir)], tokenizer="bpe", vocab_size=300), preset="tiny",
-        model_overrides={"context": 64},
-        train=train_config("tiny", steps=60, eval_every=30, checkpoint_every=30, batch_size=8), quiet=True))
+    # Always one thread: whichever test asks first builds this run, some under the one_thread fixture and
+    # some not, and float sums over 1 or 2 threads train different weights. A test that samples from it
+    # (the watermark's wrong-key z-scores) then saw another model from one `make test` to the next.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_lm(LMTrainSpec(
+            run=run, data=DataConfig(corpus=[str(corpus_dir)], tokenizer="bpe", vocab_size=300), preset="tiny",
+            model_overrides={"context": 64},
+            train=train_config("tiny", steps=60, eval_every=30, checkpoint_every=30, batch_size=8), quiet=True))
+    finally:
+        torch.set_num_threads(threads)
     return run
 
 
