@@ -260,7 +260,6 @@ def bench_train_image(family: str, presets: list[str], steps: int = 20, write: P
     for preset in presets:
         img.check_preset(family, preset)
     data = load_image_data(ImageDataConfig(data_source, image_size=28 if data_source == "fashion-mnist" else 32))
-    task_cls = img.GANTask if family == "gan" else img.VAETask
     results = []
     for preset in presets:
         tcfg = img.image_train_config(family, preset, steps=warmup + steps, eval_every=10**9,
@@ -277,10 +276,11 @@ def bench_train_image(family: str, presets: list[str], steps: int = 20, write: P
                                 wall_s=time.perf_counter() - t0, ratio=1.0))
         for channels_last in (False, True):
             t0 = time.perf_counter()
-            model = img.build_model(family, img.model_config(family, preset, data), 0)
+            model_cfg = img.model_config(family, preset, data)
+            model = img.build_model(family, model_cfg, 0)
             n_params = sum(p.numel() for p in model.parameters())
             with tempfile.TemporaryDirectory() as tmp:
-                task = task_cls(model, data, tcfg.batch_size, eval_batches=1, channels_last=channels_last)
+                task = img.task_class(family, model_cfg)(model, data, tcfg.batch_size, eval_batches=1, channels_last=channels_last)
                 res = train(task, tcfg, Path(tmp), quiet=True)
             sec = statistics.median(res.step_seconds[warmup:])
             base = base or sec

@@ -171,9 +171,13 @@ def train_vae_cmd(
     learn_sigma: Annotated[bool, typer.Option("--learn-sigma/--fixed-sigma",
                                               help="Gaussian likelihood: learn sigma (sigma-VAE); --sigma starts it.")] = None,
     beta: Annotated[float, typer.Option(help="Weight of the KL term (1: the ELBO).")] = None,
+    adversarial: Annotated[float, typer.Option(
+        help="VAE-GAN: a discriminator judges the decoder's images; its term's gradient at the decoder's "
+             "last layer as a fraction of the reconstruction's (0: off).")] = None,
+    d_width: Annotated[int, typer.Option(help="VAE-GAN: discriminator channels at full resolution.")] = None,
     resume: ResumeOpt = False, overwrite: OverwriteRunOpt = False, quiet: QuietOpt = False,
 ):
-    """Train a convolutional (beta-)VAE, optionally class-conditional."""
+    """Train a convolutional (beta-)VAE, optionally class-conditional (and adversarial: VAE-GAN)."""
     _train_image("vae", locals())
 
 

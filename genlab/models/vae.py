@@ -12,6 +12,12 @@ optional class conditioning.
   Fashion-MNIST it made prior samples worse than Bernoulli: docs/images.md.)
 - Objective (per image, in nats): recon + beta * KL(q(z|x) || N(0, I)). With beta = 1 this is the
   negative ELBO, an upper bound on -log p(x).
+- Optional adversarial term (VAE-GAN, Larsen et al. 2016): a spectrally normalised, class-projecting
+  discriminator (genlab.models.gan's) tells real images from the decoder's reconstructions and prior
+  samples, and the decoder also pays the hinge generator loss. A per-pixel likelihood is minimised
+  by the average of the plausible images, which is blurry; the critic penalises exactly that blur.
+  Its weight adapts as in VQGAN (Esser et al. 2021): ``adversarial`` times the ratio of the two
+  terms' gradient norms at the decoder's last layer, so the knob means the same on any data.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import nn
 from genlab.errors import ConfigError
 from genlab.jsonconfig import JsonConfig
 from genlab.models.conv import size_plan, widths
+from genlab.models.gan import Discriminator, GANConfig
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 MIN_LOG_SIGMA = math.log(1e-3)  # a learned sigma stays above a thousandth of the pixel range
@@ -43,6 +50,10 @@ class VAEConfig(JsonConfig):
     sigma: float = 0.1  # gaussian likelihood: pixel standard deviation (pixels in [0, 1]); the start value if learned
     learn_sigma: bool = False  # gaussian likelihood: learn sigma (one scalar) instead of fixing it
     beta: float = 1.0  # weight of the KL term (beta-VAE); 1 = the true ELBO
+    # VAE-GAN: the adversarial term's gradient at the decoder's last layer, as a fraction of the
+    # reconstruction term's there (0 = off: no discriminator; runs made before it have none).
+    adversarial: float = 0.0
+    d_width: int = 16  # the discriminator's channels at full resolution (adversarial only)
 
     def validate(self) -> None:
         size_plan(self.image_size)
@@ -61,6 +72,10 @@ class VAEConfig(JsonConfig):
             raise ConfigError("learn-sigma needs the gaussian likelihood")
         if self.beta < 0:
             raise ConfigError(f"beta must not be negative (got {self.beta})")
+        if self.adversarial < 0:
+            raise ConfigError(f"adversarial must not be negative (got {self.adversarial})")
+        if self.d_width <= 0:
+            raise ConfigError(f"d-width must be positive (got {self.d_width})")
 
 
 
@@ -85,6 +100,9 @@ class VAE(nn.Module):
         self.dec_ups = nn.ModuleList(nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1)
                                      for i in range(doublings))
         self.dec_out = nn.Conv2d(ch[-1], cfg.channels, 3, padding=1)
+        self.critic = Discriminator(GANConfig(
+            image_size=cfg.image_size, channels=cfg.channels, num_classes=cfg.num_classes,
+            d_width=cfg.d_width)) if cfg.adversarial else None
 
     @property
     def latent_dim(self) -> int:
@@ -117,14 +135,38 @@ class VAE(nn.Module):
             h = F.silu(up(h))
         return self.dec_out(h)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None, eps: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None, eps: torch.Tensor | None,
+                prior_z: torch.Tensor | None = None, phase: str = "elbo", fakes: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ...]:
         """Reconstruction term and KL term per image (nats), with the reparameterisation noise
-        ``eps`` given by the caller so that training is reproducible from the batch RNG alone."""
+        ``eps`` given by the caller so that training is reproducible from the batch RNG alone.
+
+        The adversarial passes go through forward() too, so DistributedDataParallel sees them:
+        ``"vae"``: recon, KL, the critic's scores of the fakes (the reconstructions, then the decoded
+        ``prior_z`` of the same labels) and the fakes, in [0, 1], gradients flowing into encoder and
+        decoder; ``"d"``: the critic's scores of the real images ``x`` and of ``fakes`` (detached:
+        the critic learns from the fakes of the VAE pass before it, at no second decoding)."""
+        if phase == "d":
+            scores = self._judge(torch.cat([x, fakes]), labels, parts=3)
+            return scores[:len(x)], scores[len(x):]
         mu, logvar = self.encode(x, labels)
         z = mu + torch.exp(0.5 * logvar) * eps
-        logits = self.decode_logits(z, self.class_embedding(labels))
-        return self.reconstruction_nll(logits, x), self.kl(mu, logvar)
+        if phase == "elbo":
+            logits = self.decode_logits(z, self.class_embedding(labels))
+            return self.reconstruction_nll(logits, x), self.kl(mu, logvar)
+        if phase == "vae":
+            emb = self.class_embedding(labels)
+            logits = self.decode_logits(torch.cat([z, prior_z]), None if emb is None else torch.cat([emb, emb]))
+            fake = torch.sigmoid(logits)
+            return self.reconstruction_nll(logits[:len(x)], x), self.kl(mu, logvar), self._judge(fake, labels, 2), fake
+        raise ValueError(f"unknown VAE phase '{phase}'")
+
+    def _judge(self, images: torch.Tensor, labels: torch.Tensor | None, parts: int) -> torch.Tensor:
+        """The critic's realness scores of images in [0, 1] (it reads [-1, 1], as the GAN's does);
+        ``labels`` are repeated for each of the ``parts`` equal blocks."""
+        if self.critic is None:
+            raise ValueError("this VAE has no discriminator (adversarial = 0)")
+        return self.critic(images * 2 - 1, None if labels is None else labels.repeat(parts), parts=parts)
 
     def reconstruction_nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x | z) per image."""

@@ -141,9 +141,9 @@ def _gan_generator(c: GANConfig, group: str = "generator") -> list[Layer]:
     return layers
 
 
-def _gan_discriminator(c: GANConfig) -> list[Layer]:
+def _gan_discriminator(c: GANConfig, g: str = "discriminator") -> list[Layer]:
     _, n, ch = _plan(c.image_size, c.d_width)
-    g, side = "discriminator", c.image_size
+    side = c.image_size
     layers = [_conv(f"stem conv {c.channels} -> {ch[n]} ch", g, c.channels, ch[n], 3, side, sn=True)]
     for j, i in enumerate(reversed(range(n))):
         layers.append(_conv(f"block {j + 1}: down-conv {ch[i + 1]} -> {ch[i]} ch, {side} -> {side // 2} px", g,
@@ -183,7 +183,17 @@ def _vae(c: VAEConfig) -> list[Layer]:
                               "decoder", ch[i], ch[i + 1], 4, side))
         side *= 2
     layers.append(_conv(f"output conv {ch[n]} -> {c.channels} ch", "decoder", ch[n], c.channels, 3, side))
-    return layers
+    return layers + _vae_critic(c)
+
+
+def _vae_critic(c: VAEConfig) -> list[Layer]:
+    """VAE-GAN: the discriminator that judges the decoder's images (none when adversarial is 0)."""
+    from genlab.models.gan import GANConfig
+
+    if not c.adversarial:
+        return []
+    return _gan_discriminator(GANConfig(image_size=c.image_size, channels=c.channels, num_classes=c.num_classes,
+                                        d_width=c.d_width), "critic")
 
 
 def layers(a: ImageArch) -> list[Layer]:
@@ -231,8 +241,11 @@ def flops(a: ImageArch) -> dict[str, int]:
         return {"generator": sum(x.flops for x in _gan_generator(a.config)),
                 "discriminator": sum(x.flops for x in _gan_discriminator(a.config))}
     ls = layers(a)
-    return {"encoder": sum(x.flops for x in ls if x.group in ("encoder", "latent heads")),
-            "decoder": sum(x.flops for x in ls if x.group == "decoder")}
+    out = {"encoder": sum(x.flops for x in ls if x.group in ("encoder", "latent heads")),
+           "decoder": sum(x.flops for x in ls if x.group == "decoder")}
+    if a.config.adversarial:
+        out["critic"] = sum(x.flops for x in ls if x.group == "critic")
+    return out
 
 
 def generate_flops(a: ImageArch) -> int:
@@ -246,9 +259,14 @@ def train_flops(a: ImageArch) -> float:
 
     GAN, per generator step: each of ``d_steps`` discriminator updates makes fakes without gradients
     (G) and runs D forward and backward on real and fake images (2 x 3D); the generator update runs G
-    and D forward and backward (3G + 3D). VAE: 3 x (encoder + decoder)."""
+    and D forward and backward (3G + 3D). VAE: 3 x (encoder + decoder). VAE-GAN: the critic's update
+    runs the encoder and decoder (reconstruction and prior sample) without gradients and the critic
+    forward and backward on three images (E + 2 x Dec + 9C); the VAE's update runs the encoder, the
+    decoder on two images and the critic on those two, all forward and backward (3E + 6 x Dec + 6C)."""
     f = flops(a)
     if a.family == "vae":
+        if "critic" in f:
+            return 4.0 * f["encoder"] + 8.0 * f["decoder"] + 15.0 * f["critic"]
         return 3.0 * (f["encoder"] + f["decoder"])
     g, d = f["generator"], f["discriminator"]
     return a.config.d_steps * (g + 6.0 * d) + 3.0 * (g + d)
@@ -323,6 +341,11 @@ def _measure(family: str, config_json: str) -> dict[str, dict[int, int]]:
             if family == "gan":
                 out.setdefault("d step", {})[b] = _saved_bytes(model, lambda x=x, y=y, z=z: model("d", z, y, x))
                 out.setdefault("g step", {})[b] = _saved_bytes(model, lambda y=y, z=z: model("g", z, y))
+            elif c.adversarial:  # VAE-GAN: the critic's pass and the VAE's (the critic frozen, as in training)
+                out.setdefault("critic step", {})[b] = _saved_bytes(model, lambda x=x, y=y, z=z: model(x, y, z, z, "d"))
+                model.critic.requires_grad_(False)
+                out.setdefault("vae step", {})[b] = _saved_bytes(model, lambda x=x, y=y, z=z: model(x, y, z, z, "vae"))
+                model.critic.requires_grad_(True)
             else:
                 out.setdefault("step", {})[b] = _saved_bytes(model, lambda x=x, y=y, z=z: model(x, y, z))
     return out

@@ -1,7 +1,9 @@
 """Image-model training: the GAN step and the VAE objective plugged into the shared trainer, plus
 the run setup (presets, new run or resume) for both families.
 
-- VAE: an ordinary ``Task``: one loss (recon + beta * KL per image) and the trainer's AdamW.
+- VAE: an ordinary ``Task``: one loss (recon + beta * KL per image) and the trainer's AdamW. With
+  an adversarial weight (VAE-GAN) it becomes a ``SteppingTask``: one update of encoder and decoder
+  with the adaptively weighted adversarial term added, then a critic update with the hinge loss.
 - GAN: a ``SteppingTask``: each step makes ``d_steps`` discriminator updates with the hinge loss,
   one generator update, then updates the EMA generator. Two Adam optimizers, no weight decay.
 
@@ -261,6 +263,92 @@ class VAETask(_ImageTask):
         return {"loss": recon + self.model.cfg.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl}
 
 
+class AdversarialVAETask(VAETask):
+    """The VAE-GAN step: encoder and decoder take recon + beta * KL + w * (-critic score of the fakes:
+    reconstructions and prior samples), then the critic learns to tell real images from those same
+    fakes (hinge loss; reusing them saves decoding twice). w = adversarial * |grad recon| /
+    |grad adversarial| at the decoder's last layer (VQGAN's adaptive weight), recomputed every step
+    and not differentiated."""
+
+    metric_names = ("loss", "recon", "kl", "nelbo", "d_loss", "g_adv", "adv_weight")
+
+    def train_batch(self, rng: np.random.Generator):
+        prior_z = rng.standard_normal((self.batch_size, self.model.cfg.latent_dim), dtype=np.float32)
+        return super().train_batch(rng), prior_z  # prior_z first: the ELBO's stream is drawn after it
+
+    def optimizers(self, model: VAE, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        critic = [p for p in model.critic.parameters() if p.requires_grad]
+        rest = [p for n, p in model.named_parameters() if not n.startswith("critic.") and p.requires_grad]
+        # The VAE keeps its preset's Adam; the critic the GAN's (betas 0.5, 0.999, a tenth of the lr:
+        # 2e-4 at the small preset's 2e-3).
+        return {"optimizer": torch.optim.Adam([{"params": rest}], lr=cfg.lr, betas=cfg.betas,
+                                              weight_decay=cfg.weight_decay),
+                "optimizer_d": torch.optim.Adam([{"params": critic, "lr_scale": 0.1}], lr=cfg.lr,
+                                                betas=(0.5, 0.999))}
+
+    def _tensors(self, batch):
+        (images, labels, eps, aug, replay), prior_z = batch
+        x, y = self.pixels(images), self.labels(labels)
+        if replay is not None:
+            x, y = self.replay.mix(x, y, replay)
+        if aug is not None:
+            x = self.augment.apply(x, aug)
+        dev = self.device
+        return x, y, torch.from_numpy(eps).to(dev), torch.from_numpy(prior_z).to(dev)
+
+    def train_step(self, ctx: StepContext) -> tuple[dict[str, float], int]:
+        accum, cfg = ctx.grad_accum, self.model.cfg
+        model = runs.unwrap(ctx.model)
+        critic = [p for p in model.critic.parameters() if p.requires_grad]
+        for p in critic:  # the VAE's loss runs through the critic; its weight gradients would be dropped
+            p.requires_grad_(False)
+        totals = dict.fromkeys(("loss", "recon", "kl", "g_adv", "adv_weight"), 0.0)
+        judged = []  # (real, labels, fakes): what the critic learns from next
+        try:
+            for micro in range(accum):
+                x, y, eps, prior_z = self._tensors(ctx.batch(micro))
+                with ctx.sync(micro), ctx.autocast():
+                    recon, kl, s_fake, fake = ctx.model(x, y, eps, prior_z, phase="vae")
+                    elbo_loss = (recon + cfg.beta * kl).mean()
+                    adv = -s_fake.float().mean()
+                weight = self.adaptive_weight(recon.mean(), adv, model.dec_out.weight) * cfg.adversarial
+                loss = elbo_loss + weight * adv
+                ctx.backward(loss / accum)
+                judged.append((x, y, fake.detach()))
+                for k, v in (("loss", loss), ("recon", recon.mean()), ("kl", kl.mean()), ("g_adv", adv),
+                             ("adv_weight", weight)):
+                    totals[k] += float(v.detach()) / accum
+        finally:
+            for p in critic:
+                p.requires_grad_(True)
+        ctx.step_optimizer("optimizer")
+        d_loss = 0.0
+        ctx.optimizers["optimizer_d"].zero_grad(set_to_none=True)
+        for micro, (x, y, fake) in enumerate(judged):
+            with ctx.sync(micro), ctx.autocast():
+                s_real, s_fake = ctx.model(x, y, None, phase="d", fakes=fake)
+                loss = F.relu(1 - s_real.float()).mean() + F.relu(1 + s_fake.float()).mean()
+            ctx.backward(loss / accum)
+            d_loss += loss.item() / accum
+        d_norm = ctx.step_optimizer("optimizer_d")
+        values = {**totals, "nelbo": totals["recon"] + totals["kl"], "d_loss": d_loss, "grad_norm": d_norm}
+        return values, self.batch_size * accum
+
+    @staticmethod
+    def adaptive_weight(recon: torch.Tensor, adv: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+        """|d recon / d layer| / |d adv / d layer|, clamped to [0, 1e4] and detached."""
+        g_recon = torch.autograd.grad(recon, layer, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(adv, layer, retain_graph=True)[0]
+        return (g_recon.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+def task_class(family: str, model_cfg) -> type:
+    """The training task for a model: the GAN's, the VAE's, or the VAE-GAN's when it has a critic."""
+    if family == "gan":
+        return GANTask
+    return AdversarialVAETask if getattr(model_cfg, "adversarial", 0.0) else VAETask
+
+
 class GANTask(_ImageTask):
     family = "gan"
     # loss = d_loss + g_loss (one number for the progress bar and the divergence check);
@@ -419,6 +507,5 @@ def train_image(spec: ImageTrainSpec) -> TrainResult:
         dist.barrier()
 
     model = build_model(spec.family, model_cfg, tcfg.seed)
-    task_cls = GANTask if spec.family == "gan" else VAETask
-    task = task_cls(model, data, tcfg.batch_size, tcfg.eval_batches, tcfg.channels_last)
+    task = task_class(spec.family, model_cfg)(model, data, tcfg.batch_size, tcfg.eval_batches, tcfg.channels_last)
     return train(task, tcfg, run, resume=spec.resume, quiet=spec.quiet, dist=dist)
