@@ -148,3 +148,16 @@ def test_torchrun_two_processes_train_a_vaegan(tmp_path):
     assert [int(r["step"]) for r in logged] == [1, 2, 3, 4]
     assert all(math.isfinite(float(r["d_loss"])) and math.isfinite(float(r["adv_weight"])) for r in logged)
     assert {"optimizer", "optimizer_d"} <= set(runs.load_train_state(run))
+
+
+def test_few_shot_growth_grows_the_critics_class_projection_too():
+    from genlab.train import finetune_images as fi
+
+    vae = VAE(VAEConfig(image_size=16, num_classes=4, latent_dim=8, embed_dim=8, width=8, adversarial=0.5, d_width=8))
+    old = vae.critic.embed.parametrizations.weight.original.detach().clone()
+    fi.grow_classes(vae, 2, seed=0)
+    grown = vae.critic.embed.parametrizations.weight.original
+    assert grown.shape[0] == 6 and torch.equal(grown[:4], old)
+    # The grown model is the shape of a fresh one of the larger config, so the fine-tuned run reloads.
+    fresh = VAE(VAEConfig.from_dict(vae.cfg.to_dict()))
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in vae.state_dict().items()}

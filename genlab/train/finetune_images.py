@@ -157,19 +157,25 @@ def grow_classes(model: GAN | VAE, n_new: int, seed: int) -> None:
             g.embed = _grown(g.embed.weight, rows)
             g.cfg.num_classes = total  # (the EMA's config is a copy of G's)
         model.ema.requires_grad_(False)
-        d = model.discriminator
-        raw = d.embed.parametrizations.weight.original
-        # A new spectral_norm wrapper runs the power iteration for the grown table from the start.
-        d.embed = spectral_norm(_grown(raw, _new_rows(raw, n_new, gen)))
-        if d.classify is not None:  # the auxiliary classifier gets one output per new class
-            old = d.classify
-            d.classify = nn.Linear(old.in_features, total)
-            with torch.no_grad():
-                d.classify.weight[: old.out_features] = old.weight
-                d.classify.bias[: old.out_features] = old.bias
+        _grow_discriminator(model.discriminator, n_new, total, gen)
     else:
         model.embed = _grown(model.embed.weight, _new_rows(model.embed.weight, n_new, gen))
+        if model.critic is not None:  # VAE-GAN: the critic's class projection too
+            _grow_discriminator(model.critic, n_new, total, gen)
     model.cfg.num_classes = total
+
+
+def _grow_discriminator(d: nn.Module, n_new: int, total: int, gen: torch.Generator) -> None:
+    """The discriminator's class tables (genlab.models.gan.Discriminator): projection and classifier."""
+    raw = d.embed.parametrizations.weight.original
+    # A new spectral_norm wrapper runs the power iteration for the grown table from the start.
+    d.embed = spectral_norm(_grown(raw, _new_rows(raw, n_new, gen)))
+    if d.classify is not None:  # the auxiliary classifier gets one output per new class
+        old = d.classify
+        d.classify = nn.Linear(old.in_features, total)
+        with torch.no_grad():
+            d.classify.weight[: old.out_features] = old.weight
+            d.classify.bias[: old.out_features] = old.bias
 
 
 def discriminator_blocks(model: GAN) -> list[nn.Module]:
