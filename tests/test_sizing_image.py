@@ -30,7 +30,8 @@ gan_configs = st.builds(GANConfig, g_width=st.integers(1, 12), d_width=st.intege
                         mbstd_group=st.sampled_from([0, 2, 4]), aux_class=st.sampled_from([0.0, 0.5]),
                         **common).filter(lambda c: c.num_classes or not c.aux_class)
 vae_configs = st.builds(VAEConfig, width=st.integers(1, 12), likelihood=st.sampled_from(["bernoulli", "gaussian"]),
-                        learn_sigma=st.booleans(), **common).filter(lambda c: c.likelihood == "gaussian" or not c.learn_sigma)
+                        learn_sigma=st.booleans(), adversarial=st.sampled_from([0.0, 0.5]),
+                        d_width=st.integers(1, 8), **common).filter(lambda c: c.likelihood == "gaussian" or not c.learn_sigma)
 configs = st.one_of(gan_configs, vae_configs)
 
 
@@ -69,6 +70,7 @@ def test_analytic_count_equals_the_module(cfg):
         assert groups["decoder"]["params"] == (numel(model.dec_in.parameters()) + numel(model.dec_ups.parameters())
                                                + numel(model.dec_out.parameters())
                                                + (1 if cfg.learn_sigma else 0))  # the learned sigma
+        assert groups.get("critic", {"params": 0})["params"] == (numel(model.critic.parameters()) if cfg.adversarial else 0)
 
 
 def counted_flops(fn) -> int:

@@ -342,10 +342,12 @@ def _measure(family: str, config_json: str) -> dict[str, dict[int, int]]:
                 out.setdefault("d step", {})[b] = _saved_bytes(model, lambda x=x, y=y, z=z: model("d", z, y, x))
                 out.setdefault("g step", {})[b] = _saved_bytes(model, lambda y=y, z=z: model("g", z, y))
             elif c.adversarial:  # VAE-GAN: the critic's pass and the VAE's (the critic frozen, as in training)
-                out.setdefault("critic step", {})[b] = _saved_bytes(model, lambda x=x, y=y, z=z: model(x, y, z, z, "d"))
                 model.critic.requires_grad_(False)
                 out.setdefault("vae step", {})[b] = _saved_bytes(model, lambda x=x, y=y, z=z: model(x, y, z, z, "vae"))
                 model.critic.requires_grad_(True)
+                fakes = torch.rand(2 * b, c.channels, c.image_size, c.image_size)
+                out.setdefault("critic step", {})[b] = _saved_bytes(
+                    model, lambda x=x, y=y, f=fakes: model(x, y, None, phase="d", fakes=f))
             else:
                 out.setdefault("step", {})[b] = _saved_bytes(model, lambda x=x, y=y, z=z: model(x, y, z))
     return out
