@@ -218,6 +218,46 @@ def test_train_and_compose_four_voices(music_run):
     assert notes_of(again) == notes_of(piece)  # seeded
 
 
+def test_voice_leading_sampling_writes_no_parallel_fifths_or_octaves(music_run):
+    """The grammar follows the notes through the tokens and takes away the pitch that would make
+    parallel fifths; sampled pieces have none by the evaluation's own count."""
+    from genlab.evaluate.music import voice_leading
+    from genlab.generate.music import Grammar, MusicGenerator
+
+    gen = MusicGenerator.from_run(music_run[0], device="cpu")
+    v = gen.vocab
+    beat = next(i for name, i in v.duration.items() if name == "Duration_1.0.8")
+    tokens = [v.key_id((0, "major")), v.bar, v.time_sig["TimeSig_4/4"], v.position[0],
+              v.program[0], v.pitch[67], beat, v.program[1], v.pitch[60], beat,  # G4 over C4: a fifth
+              v.position[v.ticks_per_beat], v.program[0], v.pitch[69], beat, v.program[1]]  # soprano up to A4
+    for strict in (True, False):
+        g = Grammar(v, voice_leading=strict)
+        for t in tokens:
+            assert t in g.allowed()
+            g.advance(t)
+        allowed = g.allowed()
+        assert v.pitch[64] in allowed and (v.pitch[62] in allowed) is not strict  # C4 -> D4 would be fifths
+    for seed in range(3):
+        _, fifths, octaves = voice_leading(gen.compose(bars=4, key=(7, "major"), seed=seed))
+        assert fifths == octaves == 0
+
+
+def test_the_voice_leading_rule_matches_the_evaluation():
+    from genlab.generate.music import Grammar
+
+    g = Grammar.__new__(Grammar)  # only the rule's state, without a vocabulary
+    g.voice, g._previous_onset = 1, 0
+    g._last_note = {1: (60, 0, 4)}  # alto on C4, sounding at the previous onset
+    g._moves = {0: (67, 69)}  # soprano G4 -> A4 at this onset: a fifth above C4
+    assert g._parallel(62)  # alto C4 -> D4: fifths in parallel
+    assert not g._parallel(64)  # E4: a fourth, no parallel
+    assert not g._parallel(57)  # contrary motion to A3: not similar motion
+    g._moves = {0: (72, 74)}  # soprano C5 -> D5: an octave above
+    assert g._parallel(62) and not g._parallel(60)  # parallel octave; a held pitch does not move
+    g._last_note = {1: (60, 0, 0)}  # the alto rested at the previous onset: nothing to compare
+    assert not g._parallel(62)
+
+
 def test_eval_scores_the_test_pieces(music_run, monkeypatch, capsys):
     import json
 

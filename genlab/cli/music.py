@@ -43,6 +43,9 @@ MusicXmlOpt = Annotated[Path, typer.Option("--musicxml", help="Also write the sc
 WavOpt = Annotated[Path, typer.Option("--wav", help="Also render it to WAV (FluidSynth, General MIDI choir).")]
 RollOpt = Annotated[Path, typer.Option("--roll", help="Also draw a piano-roll PNG.")]
 TempoOpt = Annotated[float, typer.Option(help="Quarter notes per minute (MIDI and WAV).")]
+VoiceLeadingOpt = Annotated[bool, typer.Option(
+    "--voice-leading/--free-voice-leading",
+    help="Forbid parallel fifths and octaves while sampling (where another pitch avoids them).")]
 
 
 def is_music(specs: list[str]) -> bool:
@@ -138,6 +141,7 @@ def generate_music_cmd(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="MIDI file to write.")] = Path("chorale.mid"),
     musicxml: MusicXmlOpt = None, wav: WavOpt = None, roll: RollOpt = None,
     tempo: TempoOpt = 76.0, device: DeviceOpt = "auto", overwrite: OverwriteOpt = False,
+    voice_leading: VoiceLeadingOpt = True,
 ):
     """Compose a four-part piece: MIDI, and MusicXML, WAV and a piano roll if asked."""
     from genlab.data.music import parse_key
@@ -147,7 +151,8 @@ def generate_music_cmd(
     _check_free(overwrite, out_path, musicxml, wav, roll)
     gen = MusicGenerator.from_run(run, device=device)
     gen.tempo = tempo
-    piece = gen.compose(bars=bars, key=k, seed=seed, temperature=temperature, top_k=top_k)
+    piece = gen.compose(bars=bars, key=k, seed=seed, temperature=temperature, top_k=top_k,
+                        voice_leading=voice_leading)
     _write_outputs(gen, piece, out_path, musicxml, wav, roll, overwrite)
 
 
@@ -161,6 +166,7 @@ def harmonize_cmd(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="MIDI file to write.")] = Path("choral.mid"),
     musicxml: MusicXmlOpt = None, wav: WavOpt = None, roll: RollOpt = None,
     tempo: TempoOpt = 76.0, device: DeviceOpt = "auto", overwrite: OverwriteOpt = False,
+    voice_leading: VoiceLeadingOpt = True,
 ):
     """Write alto, tenor and bass under a given soprano melody (kept exactly)."""
     from genlab.data.music import parse_key, read_piece
@@ -174,5 +180,6 @@ def harmonize_cmd(
     tune = read_piece(melody)
     gen = MusicGenerator.from_run(run, device=device)
     gen.tempo = tempo
-    piece = gen.harmonize(tune, key=k, seed=seed, temperature=temperature, top_k=top_k)
+    piece = gen.harmonize(tune, key=k, seed=seed, temperature=temperature, top_k=top_k,
+                          voice_leading=voice_leading)
     _write_outputs(gen, piece, out_path, musicxml, wav, roll, overwrite)

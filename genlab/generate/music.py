@@ -5,7 +5,10 @@ and a piano-roll PNG (matplotlib).
 Sampling follows REMI's grammar (``Grammar``): a key, then bars of ``TimeSig``, ``Position`` (and
 maybe a ``Fermata``) and notes (``Program`` = voice, ``Pitch`` within the voice's range,
 ``Duration``), positions moving forward inside the bar, voices in order soprano..bass at each onset,
-one metre throughout. So every sample parses back into four voices. ``harmonize`` uses the same
+one metre throughout. So every sample parses back into four voices. With ``voice_leading`` (the
+default) a voice may not take a pitch that makes parallel fifths or octaves with a voice already
+placed at the same onset (both moving the same way, the same interval class before and after, as
+genlab.evaluate.music counts them), unless every pitch would. ``harmonize`` uses the same
 grammar and forces the given soprano's notes (and its fermatas) at their onsets: the model writes
 alto, tenor and bass around it.
 
@@ -67,7 +70,13 @@ class Grammar:
     voice: int = -1  # last voice at the current position
     next_melody: int = 0
     finished: bool = False
+    voice_leading: bool = True  # forbid parallel fifths and octaves against the voices placed at this onset
     _pending_duration: int | None = None
+    _pitch: int | None = None  # the pitch just sampled, until its duration comes
+    _last_note: dict = field(default_factory=dict)  # voice -> (pitch, start, end) in ticks from the first bar
+    _onset: int | None = None  # the current onset, in ticks from the first bar
+    _previous_onset: int | None = None
+    _moves: dict = field(default_factory=dict)  # voice -> (pitch at the previous onset or None, new pitch)
 
     def __post_init__(self) -> None:
         v = self.vocab
@@ -111,7 +120,10 @@ class Grammar:
             if self._pending_duration is not None:
                 return [v.pitch[self.melody[self.next_melody].pitch]]
             lo, hi = VOICE_RANGES[self.voice]
-            return [i for p, i in v.pitch.items() if lo - RANGE_SLACK <= p <= hi + RANGE_SLACK]
+            pitches = [p for p in v.pitch if lo - RANGE_SLACK <= p <= hi + RANGE_SLACK]
+            if self.voice_leading:
+                pitches = [p for p in pitches if not self._parallel(p)] or pitches
+            return [v.pitch[p] for p in pitches]
         if last == "Pitch":
             if self._pending_duration is not None:
                 return [self._pending_duration]
@@ -139,6 +151,28 @@ class Grammar:
             out.append(v.eos)
         return out
 
+    def _sounding_before(self, voice: int) -> int | None:
+        """The voice's pitch at the previous onset (None in a rest, or at the first onset)."""
+        note = self._last_note.get(voice)
+        t = self._previous_onset
+        if note is None or t is None or not (note[1] <= t < note[2]):
+            return None
+        return note[0]
+
+    def _parallel(self, pitch: int) -> bool:
+        """Whether ``pitch`` in the current voice makes a parallel fifth or octave with a voice above
+        it already placed at this onset."""
+        below_before = self._sounding_before(self.voice)
+        if below_before is None or pitch == below_before:
+            return False
+        for above_before, above_after in self._moves.values():
+            if above_before is None or (pitch - below_before) * (above_after - above_before) <= 0:
+                continue
+            before, after = (above_before - below_before) % 12, (above_after - pitch) % 12
+            if before == after and before in (0, 7):
+                return True
+        return False
+
     def advance(self, token: int) -> None:
         v, kind = self.vocab, self.kind.get(token, "")
         if kind == "Bar":
@@ -150,12 +184,20 @@ class Grammar:
             self.time_signature = v.names[token].split("_")[1]
         elif kind == "Position":
             self.pos, self.voice = int(v.names[token].split("_")[1]), -1
+            self._previous_onset, self._onset = self._onset, (self.bar - 1) * self.bar_ticks + self.pos
+            self._moves = {}
         elif kind == "Program":
             self.voice = int(v.names[token].split("_")[1])
             pending = self._pending()
             if self.voice == 0 and pending is not None and (pending.bar, pending.pos) == (self.bar, self.pos):
                 self._pending_duration = pending.duration
-        elif kind == "Duration" and self._pending_duration is not None:
+        elif kind == "Pitch":
+            self._pitch = int(v.names[token].split("_")[1])
+        if kind == "Duration" and self._pitch is not None and self._onset is not None:
+            self._moves[self.voice] = (self._sounding_before(self.voice), self._pitch)
+            self._last_note[self.voice] = (self._pitch, self._onset, self._onset + self.duration_ticks[token])
+            self._pitch = None
+        if kind == "Duration" and self._pending_duration is not None:
             self._pending_duration = None
             self.next_melody += 1
         elif token == v.eos:
@@ -225,26 +267,28 @@ class MusicGenerator:
         return ids
 
     def compose(self, bars: int = 16, key: tuple[int, str] | None = None, seed: int | None = 0,
-                temperature: float = 1.0, top_k: int | None = None, time_signature: str | None = None) -> Piece:
-        """A new piece of ``bars`` bars (a pickup bar counts as one), in ``key`` if given."""
+                temperature: float = 1.0, top_k: int | None = None, time_signature: str | None = None,
+                voice_leading: bool = True) -> Piece:
+        """A new piece of ``bars`` bars (a pickup bar counts as one), in ``key`` if given; with
+        ``voice_leading``, no parallel fifths or octaves where another pitch avoids them."""
         if bars < 1:
             raise ConfigError(f"--bars must be at least 1 (got {bars})")
         if time_signature is not None and f"TimeSig_{time_signature}" not in self.vocab.time_sig:
             raise ConfigError(f"--time-signature {time_signature} is not in the tokenizer's metres "
                               f"({', '.join(n.split('_')[1] for n in self.vocab.time_sig)})")
         grammar = Grammar(self.vocab, key=key, bars=bars, time_signature=time_signature,
-                          time_signatures=self.time_signatures)
+                          time_signatures=self.time_signatures, voice_leading=voice_leading)
         ids = self._sample(grammar, seed, temperature, top_k, max_tokens=bars * 400)
         return self.vocab.decode(ids)
 
     def harmonize(self, melody: Piece, key: tuple[int, str] | None = None, seed: int | None = 0,
-                  temperature: float = 1.0, top_k: int | None = None) -> Piece:
+                  temperature: float = 1.0, top_k: int | None = None, voice_leading: bool = True) -> Piece:
         """Alto, tenor and bass for ``melody``'s soprano (its top voice), which is kept exactly."""
         soprano = melody_line(melody)
         ts = f"{melody.time_signature[0]}/{melody.time_signature[1]}"
         if f"TimeSig_{ts}" not in self.vocab.time_sig:
             raise DataError(f"the melody's metre {ts} is not one the tokenizer knows")
-        grammar = Grammar(self.vocab, key=key or melody.key, time_signature=ts)
+        grammar = Grammar(self.vocab, key=key or melody.key, time_signature=ts, voice_leading=voice_leading)
         per_quarter = self.vocab.ticks_per_beat * melody.time_signature[1] / 4  # positions per quarter note
         grammar.melody = self._forced(soprano, grammar.bar_ticks, per_quarter, melody.fermatas)
         grammar.melody_end = round(max(n.onset + n.duration for n in soprano) * per_quarter)
