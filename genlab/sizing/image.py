@@ -259,14 +259,14 @@ def train_flops(a: ImageArch) -> float:
 
     GAN, per generator step: each of ``d_steps`` discriminator updates makes fakes without gradients
     (G) and runs D forward and backward on real and fake images (2 x 3D); the generator update runs G
-    and D forward and backward (3G + 3D). VAE: 3 x (encoder + decoder). VAE-GAN: the critic's update
-    runs the encoder and decoder (reconstruction and prior sample) without gradients and the critic
-    forward and backward on three images (E + 2 x Dec + 9C); the VAE's update runs the encoder, the
-    decoder on two images and the critic on those two, all forward and backward (3E + 6 x Dec + 6C)."""
+    and D forward and backward (3G + 3D). VAE: 3 x (encoder + decoder). VAE-GAN: the VAE's update runs
+    the encoder, the decoder on two images (reconstruction, prior sample) and the critic on those two,
+    all forward and backward (3E + 6 x Dec + 6C); the critic's update reuses those fakes and runs the
+    critic forward and backward on three images (real and the two fakes: 9C)."""
     f = flops(a)
     if a.family == "vae":
         if "critic" in f:
-            return 4.0 * f["encoder"] + 8.0 * f["decoder"] + 15.0 * f["critic"]
+            return 3.0 * f["encoder"] + 6.0 * f["decoder"] + 15.0 * f["critic"]
         return 3.0 * (f["encoder"] + f["decoder"])
     g, d = f["generator"], f["discriminator"]
     return a.config.d_steps * (g + 6.0 * d) + 3.0 * (g + d)

@@ -62,7 +62,7 @@ from genlab.models.conv import size_plan
 from genlab.models.gan import GAN
 from genlab.models.vae import VAE
 from genlab.train.diffaugment import DiffAugment, parse_policy
-from genlab.train.image import CONFIGS, FAMILIES, GANTask, VAETask, build_model, task_class
+from genlab.train.image import CONFIGS, FAMILIES, build_model, task_class
 from genlab.train.trainer import TrainResult, begin, create_run, resumed_train_config, train
 
 METHOD = "few-shot"
@@ -435,8 +435,7 @@ def finetune_image(spec: ImageFinetuneSpec) -> TrainResult:
         data = relabel(data, union, index)
     if isinstance(model, GAN):
         freeze_discriminator(model, freeze_d)
-    task = task_class(family, model.cfg)(model, data, tcfg.batch_size, tcfg.eval_batches,
-                                                     tcfg.channels_last)
+    task = task_class(family, model.cfg)(model, data, tcfg.batch_size, tcfg.eval_batches, tcfg.channels_last)
     if policy:
         task.augment = DiffAugment(policy, data.config.image_size)
     old = replay_classes(base_classes, index) if conditional else None
